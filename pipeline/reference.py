@@ -1,0 +1,65 @@
+"""Reference solutions of one instance (MODEL.md, "Reference solutions").
+
+basis pursuit:  x_l1 = argmin ||x||_1  s.t.  A x = b  (and x >= 0 for the nonneg model), with cvxpy;
+                HiGHS solves it as a linear program. The solver is configurable.
+minimum l2:     x_l2 = A^+ b.
+A failed or inaccurate solve is a status in the result, never an exception.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_SOLVER = "HIGHS"
+#: A basis-pursuit solution whose relative residual ||A x - b|| / ||b|| exceeds this is "inaccurate".
+FEASIBILITY_TOL = 1e-8
+
+
+@dataclass(frozen=True, eq=False)
+class BasisPursuit:
+    """x: (N,) solution, NaN-filled when the solve failed."""
+
+    x: np.ndarray
+    status: str  # "optimal" | "inaccurate" | "infeasible" | "failed: <reason>" | cvxpy's status
+    solver: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "optimal"
+
+    @property
+    def l1_norm(self) -> float:
+        return float(np.abs(self.x).sum())
+
+
+def basis_pursuit(
+    A: np.ndarray, b: np.ndarray, nonneg: bool, solver: str = DEFAULT_SOLVER
+) -> BasisPursuit:
+    """Solve min ||x||_1 s.t. A x = b (x >= 0 when ``nonneg``) with cvxpy and ``solver``."""
+    import cvxpy as cp
+
+    N = A.shape[1]
+    start = time.perf_counter()
+    x = cp.Variable(N, nonneg=nonneg)
+    problem = cp.Problem(cp.Minimize(cp.sum(x) if nonneg else cp.norm1(x)), [A @ x == b])
+    try:
+        problem.solve(solver=solver)
+    except (cp.error.SolverError, ValueError) as exc:  # an unusable solver or a solver crash
+        return BasisPursuit(np.full(N, np.nan), f"failed: {exc}", solver,
+                            time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or x.value is None:
+        return BasisPursuit(np.full(N, np.nan), str(problem.status), solver, seconds)
+    value = np.asarray(x.value, dtype=np.float64)
+    residual = np.linalg.norm(A @ value - b) / max(np.linalg.norm(b), np.finfo(float).tiny)
+    accurate = problem.status == cp.OPTIMAL and residual <= FEASIBILITY_TOL
+    return BasisPursuit(value, "optimal" if accurate else "inaccurate", solver, seconds)
+
+
+def min_l2_interpolant(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x_l2 = A^+ b, the minimum-l2-norm solution of A x = b. Shape (N,)."""
+    return np.linalg.lstsq(A, b, rcond=None)[0]

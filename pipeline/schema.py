@@ -1,0 +1,84 @@
+"""The on-disk schema of result shards (SWEEPS.md, "What lands on disk").
+
+One source of truth for column names and types: the task builds its tables with these schemas,
+the store validates shards against them and ``analysis.load`` checks what it reads. Columns may be
+added over time; none is renamed.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: Key-value metadata keys every shard's schema carries.
+META_SPEC_HASH = b"wnsweep.spec_hash"
+META_VERSION = b"wnsweep.version"
+META_TASK = b"wnsweep.task"
+META_ROWS = b"wnsweep.rows"
+
+RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("sweep", pa.string()),
+        ("trial", pa.int64()),
+        ("instance_id", pa.string()),
+        ("method", pa.string()),  # gd | wn
+        ("sign", pa.string()),  # nonneg | signed
+        ("M", pa.int64()),
+        ("N", pa.int64()),
+        ("s", pa.int64()),  # null for a user instance without x_star
+        ("L", pa.int64()),
+        ("init", pa.string()),  # constant | random
+        ("alpha", pa.float64()),
+        ("eta", pa.float64()),
+        ("eta_ratio", pa.float64()),  # null for gd
+        ("schedule", pa.string()),  # null for gd
+        ("max_iters", pa.int64()),
+        ("tol", pa.float64()),
+        ("status", pa.string()),  # converged | max_iters | diverged
+        ("iterations", pa.int64()),
+        ("loss_final", pa.float64()),
+        ("error_l1", pa.float64()),
+        ("rel_error_l1", pa.float64()),
+        ("error_truth", pa.float64()),  # null without x_star
+        ("l1_norm", pa.float64()),
+        ("l1_gap", pa.float64()),
+        ("r0", pa.float64()),  # WN only
+        ("r_final", pa.float64()),  # WN only
+        ("c_inf", pa.float64()),  # WN only
+        ("alpha_eff", pa.float64()),  # WN only
+        ("curve_iter", pa.list_(pa.int64())),
+        ("curve_loss", pa.list_(pa.float64())),
+        ("x_final", pa.list_(pa.float64())),  # null unless output.save_solutions
+        ("seconds", pa.float64()),  # wall time of the run's share of its batch
+        ("node", pa.string()),  # host name of the worker that computed it
+    ]
+)
+
+INSTANCES_SCHEMA = pa.schema(
+    [
+        ("instance_id", pa.string()),
+        ("trial", pa.int64()),
+        ("M", pa.int64()),
+        ("N", pa.int64()),
+        ("s", pa.int64()),
+        ("sign", pa.string()),
+        ("seed", pa.int64()),
+        ("problem_file", pa.string()),  # null for generated instances
+        ("bp_solver", pa.string()),
+        ("bp_status", pa.string()),
+        ("bp_seconds", pa.float64()),
+        ("l1_norm_bp", pa.float64()),
+        ("bp_error_truth", pa.float64()),  # null without x_star
+        ("x_star", pa.list_(pa.float64())),  # null without x_star
+        ("x_l1", pa.list_(pa.float64())),
+    ]
+)
+
+RUN_STATUSES = ("converged", "max_iters", "diverged")
+
+
+def with_metadata(schema: pa.Schema, metadata: dict[bytes, bytes]) -> pa.Schema:
+    """``schema`` with ``metadata`` merged into its key-value metadata."""
+    merged = dict(schema.metadata or {})
+    merged.update(metadata)
+    return schema.with_metadata(merged)

@@ -1,0 +1,529 @@
+"""Sweep files: load a sweep YAML and validate it into frozen dataclasses (SWEEPS.md).
+
+This is the only module that knows YAML. Everything downstream sees a :class:`SweepSpec` whose
+axes are tuples of plain Python values, already checked, with every default filled in.
+
+Validation is complete and happens here, before anything runs. The first problem found is raised
+as one :class:`SpecError` naming the file, the dotted field and what is allowed. Checked:
+
+* structure: the top level is a mapping; only known keys at every level (unknown keys are named by
+  their dotted path, with the allowed keys listed); no duplicate mapping keys; required fields
+  (``name``, the problem, ``model.depth``, ``init.alpha``, at least one method with its ``eta``,
+  ``train.max_iters``) are present;
+* axes (``problem.M/N/sparsity/sign``, ``model.depth``, ``init.scheme/alpha``, ``methods.*.eta``,
+  ``methods.wn.eta_ratio/schedule``, ``train.max_iters/tol``): a scalar, a list,
+  ``{values: [...]}``, ``{logspace: [lo_exp, hi_exp, n]}`` or ``{linspace: [lo, hi, n]}``; never
+  empty, no duplicate values, no booleans or strings where numbers are expected, only finite
+  numbers, integers where integers are required (an integral float such as ``2.0`` or ``1e5``
+  is accepted), only the allowed words for ``sign``/``scheme``/``schedule``;
+* ranges: alpha > 0, L >= 2, M, N >= 1, s >= 1, M < N and s <= M for every combination of axis
+  values, eta > 0, eta_ratio > 0, max_iters >= 1, tol >= 0, checkpoints >= 2 (a single integer),
+  seed >= 0, trials >= 1, name matching ``[a-z0-9._-]+``, a solver cvxpy has installed,
+  ``save_solutions`` a boolean;
+* a problem file: readable ``.npz`` (loaded without pickle) with a finite real 2-D ``A`` (M < N),
+  a 1-D ``b`` of length M and optionally a 1-D ``x_star`` of length N (>= 0 if ``sign`` includes
+  ``nonneg``).
+
+YAML is read with a safe loader that also accepts YAML 1.2 floats without a dot (``1e-12``), which
+plain PyYAML would otherwise read as a string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import yaml
+
+__all__ = ["SpecError", "ProblemSpec", "MethodSpec", "TrainSpec", "SweepSpec", "load_spec",
+           "parse_spec"]
+
+_NAME_RE = re.compile(r"[a-z0-9._-]+")
+_MAX_AXIS = 100_000  # a logspace/linspace longer than this is surely a typo
+SIGNS = ("nonneg", "signed")
+SCHEMES = ("constant", "random")
+SCHEDULES = ("constant", "normalized")
+METHOD_KEYS = {"gd": ("eta",), "wn": ("eta", "eta_ratio", "schedule")}
+_TOP_KEYS = ("name", "description", "seed", "trials", "problem", "model", "init", "methods",
+             "train", "reference", "output")
+
+
+class SpecError(ValueError):
+    """One clear message naming the file, the field and what is allowed.
+
+    ``field`` is a dotted path (``init.alpha``, ``methods.wn.eta_ratio``), or ``<file>`` when the
+    file cannot be read and ``<yaml>`` when it is not YAML or not a mapping.
+    """
+
+    def __init__(self, file: str, field: str, message: str):
+        self.file, self.field, self.message = str(file), str(field), str(message)
+        super().__init__(f"{self.file}: {self.field}: {self.message}")
+
+    def __reduce__(self):  # keep it picklable (Ray ships exceptions between processes)
+        return (type(self), (self.file, self.field, self.message))
+
+
+@dataclass(frozen=True)
+class ProblemSpec:
+    """Generated problems (M, N, sparsity axes) or one user instance (file); sign is an axis."""
+
+    sign: tuple[str, ...] = ("nonneg",)
+    M: tuple[int, ...] = ()
+    N: tuple[int, ...] = ()
+    sparsity: tuple[int, ...] = ()
+    file: str | None = None
+    file_sha256: str | None = None
+    file_shape: tuple[int, int] | None = None
+    file_has_x_star: bool = False
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method and its own axes; eta_ratio and schedule are () for gd."""
+
+    name: str
+    eta: tuple[float, ...]
+    eta_ratio: tuple[float, ...] = ()
+    schedule: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    max_iters: tuple[int, ...]
+    tol: tuple[float, ...]
+    checkpoints: int
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep. ``canonical_json``/``spec_hash`` identify its content, not its layout."""
+
+    name: str
+    description: str
+    seed: int
+    trials: int
+    problem: ProblemSpec
+    depth: tuple[int, ...]
+    init_scheme: tuple[str, ...]
+    alpha: tuple[float, ...]
+    methods: tuple[MethodSpec, ...]
+    train: TrainSpec
+    bp_solver: str
+    save_solutions: bool
+    source: str
+    text: str
+    canonical_json: str
+    spec_hash: str
+
+    def to_dict(self) -> dict:
+        """The normalized spec (defaults filled in, axes as lists), as hashed."""
+        return json.loads(self.canonical_json)
+
+
+# ---------------------------------------------------------------------------------------- YAML
+
+class _Loader(yaml.SafeLoader):
+    """Safe loader that also resolves YAML 1.2 floats such as ``1e-12`` (no dot) as floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _check_duplicate_keys(node: yaml.Node, path: str, source: str, seen: set[int]) -> None:
+    """Raise SpecError naming the first repeated mapping key (PyYAML would keep the last)."""
+    if id(node) in seen:  # aliases may share (or recurse into) nodes
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            child = f"{path}.{key}" if path else str(key)
+            if key is not None and key != "<<":
+                if key in first_line:
+                    lines = f"line {first_line[key]} and line {key_node.start_mark.line + 1}"
+                    raise SpecError(source, child, f"duplicate key ({lines}); give each key once")
+                first_line[key] = key_node.start_mark.line + 1
+            _check_duplicate_keys(value_node, child, source, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicate_keys(item, f"{path}[{i}]", source, seen)
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """Parse one YAML document safely; syntax errors become SpecError(field '<yaml>')."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(node, "", source, set())
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = "; ".join(str(x) for x in (e.context, e.problem) if x)
+        raise SpecError(source, "<yaml>", f"invalid YAML{where}: {what}") from None
+    except yaml.YAMLError as e:
+        raise SpecError(source, "<yaml>", f"invalid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
+# ---------------------------------------------------------------------------------------- values
+
+def _describe(v: Any) -> str:
+    """How a wrong value reads in a message: ``string 'abc'``, ``boolean true``, ``a list``..."""
+    if isinstance(v, bool):
+        return f"boolean {str(v).lower()}"
+    if isinstance(v, str):
+        return f"string {v!r}"
+    if v is None:
+        return "nothing (null)"
+    if isinstance(v, (list, dict)):
+        kind = "list" if isinstance(v, list) else "mapping"
+        return f"a {kind}" if v else f"an empty {kind}"
+    return repr(v)
+
+
+def _fmt(v: Any) -> str:
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+class _Validator:
+    """The checks; holds the source name (for messages) and the folder problem files resolve in."""
+
+    def __init__(self, source: str, base_dir: str):
+        self.source, self.base_dir = source, base_dir
+
+    def fail(self, field: str, message: str) -> SpecError:
+        return SpecError(self.source, field, message)
+
+    # -- structure
+    def section(self, doc: dict, path: str, allowed: tuple[str, ...], hint: str = "") -> dict:
+        """The mapping at ``path`` ({} if absent or null), with unknown keys rejected."""
+        raw = doc.get(path.rsplit(".", 1)[-1])
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise self.fail(path, f"must be a mapping with keys {', '.join(allowed)}; "
+                            f"got {_describe(raw)}")
+        self.known_keys(raw, allowed, path, hint)
+        return raw
+
+    def known_keys(self, mapping: dict, allowed: tuple[str, ...], path: str,
+                   hint: str = "") -> None:
+        for k in mapping:
+            if k not in allowed:
+                field = f"{path}.{k}" if path else str(k)
+                raise self.fail(field, f"unknown key; allowed: {hint or ', '.join(allowed)}")
+
+    def required(self, mapping: dict, path: str, what: str) -> Any:
+        key = path.rsplit(".", 1)[-1]
+        if key not in mapping:
+            raise self.fail(path, f"required: {what}")
+        return mapping[key]
+
+    # -- numbers
+    def number(self, v: Any, field: str, integer: bool, generated: bool = False) -> int | float:
+        """A finite int or float, never a bool or string. With ``integer``, an integral float
+        becomes an int (``generated`` values, from log/linspace, may be off by rounding)."""
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise self.fail(field, f"expected {'an integer' if integer else 'a number'}, "
+                            f"got {_describe(v)}")
+        if isinstance(v, int) and integer:
+            return v
+        try:
+            x = float(v)
+        except OverflowError:  # an int beyond the float range
+            x = math.inf if v > 0 else -math.inf
+        if not math.isfinite(x):
+            raise self.fail(field, f"values must be finite, got {x}")
+        if not integer:
+            return x + 0.0  # + 0.0 turns -0.0 into 0.0: one canonical form
+        if v == round(v) or (generated and abs(v - round(v)) <= 1e-9 * abs(v)):
+            return int(round(v))
+        raise self.fail(field, f"expected an integer, got {v}")
+
+    def scalar_int(self, v: Any, field: str, minimum: int) -> int:
+        """A single integer >= minimum (not an axis)."""
+        if isinstance(v, (list, dict)):
+            raise self.fail(field, f"must be a single integer >= {minimum}, not an axis")
+        n = self.number(v, field, integer=True)
+        if n < minimum:
+            raise self.fail(field, f"must be an integer >= {minimum}, got {n}")
+        return n
+
+    # -- axes
+    def axis(self, raw: Any, field: str, kind: str, choices: tuple[str, ...] = (),
+             gt: float | None = None, ge: float | None = None) -> tuple:
+        """Expand an axis of ``kind`` 'int' | 'float' | 'str' into a tuple of plain values.
+
+        Forms: a scalar, a list, ``{values: [...]}``, ``{logspace: [lo_exp, hi_exp, n]}``,
+        ``{linspace: [lo, hi, n]}``. Rejects an empty axis, duplicate values, wrong types,
+        non-finite numbers, words not in ``choices`` and numbers not ``> gt`` / ``>= ge``.
+        """
+        generated = False
+        if isinstance(raw, dict):
+            form = next(iter(raw)) if len(raw) == 1 else None
+            if form not in ("values", "logspace", "linspace"):
+                raise self.fail(field, "an axis mapping takes exactly one key: values, logspace or "
+                                f"linspace; got {', '.join(map(str, raw)) or 'none'}")
+            arg = raw[form]
+            if form == "values" and not isinstance(arg, list):
+                raise self.fail(field, f"values: expected a list, got {_describe(arg)}")
+            if form != "values" and kind == "str":
+                raise self.fail(field, f"{form} makes numbers; allowed: {', '.join(choices)}")
+            generated = form != "values"
+            items = self.space(form, arg, field) if generated else arg
+        elif raw is None:
+            raise self.fail(field, "empty value; give a value, a list or "
+                            "{values|logspace|linspace: ...}")
+        else:
+            items = raw if isinstance(raw, list) else [raw]
+        if not items:
+            raise self.fail(field, "empty axis; give at least one value")
+
+        out: list = []
+        for v in items:
+            if kind == "str":
+                if not isinstance(v, str) or v not in choices:
+                    raise self.fail(field, f"must be one of {', '.join(choices)}; "
+                                    f"got {_describe(v)}")
+            else:
+                v = self.number(v, field, integer=(kind == "int"), generated=generated)
+            if v in out:
+                raise self.fail(field, f"duplicate value {_fmt(v)} in the axis "
+                                "(it would repeat runs)")
+            out.append(v)
+        for v in out:
+            if (gt is not None and not v > gt) or (ge is not None and not v >= ge):
+                rule = f"> {gt}" if gt is not None else f">= {ge}"
+                raise self.fail(field, f"values must be {rule}, got {v}")
+        return tuple(out)
+
+    def space(self, form: str, arg: Any, field: str) -> list[float]:
+        """``[lo, hi, n]`` -> n floats by numpy.logspace (exponents) or numpy.linspace."""
+        usage = f"{form}: expected [{'lo_exp, hi_exp' if form == 'logspace' else 'lo, hi'}, n]"
+        if not isinstance(arg, list) or len(arg) != 3:
+            got = arg if isinstance(arg, list) else _describe(arg)
+            raise self.fail(field, f"{usage}, got {got}")
+        try:
+            lo, hi = (self.number(x, field, integer=False) for x in arg[:2])
+        except SpecError as e:
+            raise self.fail(field, f"{usage}: {e.message}") from None
+        n = arg[2]
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _MAX_AXIS:
+            raise self.fail(field, f"{usage} with an integer n in 1..{_MAX_AXIS}, "
+                            f"got n = {_fmt(n)}")
+        with np.errstate(over="ignore"):  # an overflow to inf is reported as non-finite
+            values = (np.logspace if form == "logspace" else np.linspace)(lo, hi, n)
+        return [float(x) for x in values]
+
+    # -- problem
+    def problem(self, doc: dict) -> tuple[ProblemSpec, dict]:
+        """The problem section and its canonical form (a file is identified by its sha256)."""
+        if doc.get("problem") is None:
+            raise self.fail("problem", "required: {M, N, sparsity, sign} (generated) "
+                            "or {file, sign}")
+        prob = self.section(doc, "problem", ("M", "N", "sparsity", "sign", "file"),
+                            hint="M, N, sparsity, sign (generated) or file, sign (user instance)")
+        signs = self.axis(prob.get("sign", "nonneg"), "problem.sign", "str", SIGNS)
+        if "file" in prob:
+            mixed = [k for k in ("M", "N", "sparsity") if k in prob]
+            if mixed:
+                raise self.fail("problem", "either a generated problem (M, N, sparsity, sign) or a "
+                                f"file (file, sign), not both; got file and {', '.join(mixed)}")
+            path, sha, shape, has_x = self.problem_file(prob["file"], signs)
+            spec = ProblemSpec(sign=signs, file=path, file_sha256=sha, file_shape=shape,
+                               file_has_x_star=has_x)
+            return spec, {"sha256": sha, "sign": list(signs)}
+        dims = {}
+        for key in ("M", "N", "sparsity"):
+            raw = self.required(prob, f"problem.{key}", "M, N and sparsity (or give problem.file)")
+            dims[key] = self.axis(raw, f"problem.{key}", "int", ge=1)
+        M, N, s = dims["M"], dims["N"], dims["sparsity"]
+        if max(M) >= min(N):
+            raise self.fail("problem.M", f"M must be < N for every combination, got M = {max(M)}, "
+                            f"N = {min(N)}")
+        if max(s) > min(M):
+            raise self.fail("problem.sparsity", "s must be <= M for every combination, got "
+                            f"s = {max(s)}, M = {min(M)}")
+        return ProblemSpec(sign=signs, **dims), {"sign": list(signs), "M": list(M), "N": list(N),
+                                                 "sparsity": list(s)}
+
+    def problem_file(self, raw: Any,
+                     signs: tuple[str, ...]) -> tuple[str, str, tuple[int, int], bool]:
+        """Resolve, hash and check the .npz; returns (absolute path, sha256, (M, N), has x_star)."""
+        field = "problem.file"
+        if not isinstance(raw, str) or not raw.strip():
+            raise self.fail(field, f"expected a path to an .npz file, got {_describe(raw)}")
+        path = os.path.abspath(os.path.join(self.base_dir, os.path.expanduser(raw)))
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise self.fail(field, f"cannot read {path}: {e.strerror or e}") from None
+        try:
+            npz = np.load(io.BytesIO(data), allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise self.fail(field, f"{path} must be an .npz archive with arrays A and b, "
+                                "got a single array")
+            with npz:
+                arrays = {k: npz[k] for k in ("A", "b", "x_star") if k in npz.files}
+        except SpecError:
+            raise
+        except Exception as e:  # noqa: BLE001 - not a zip, object arrays (no pickle), ...
+            raise self.fail(field, f"cannot read arrays from {path} ({e})") from None
+
+        found = ", ".join(f"{k} {a.shape}" for k, a in arrays.items()) or "no A, b or x_star"
+        if "A" not in arrays or "b" not in arrays:
+            raise self.fail(field, f"{path} needs arrays A (M x N) and b (M); found {found}")
+        for k, a in arrays.items():
+            if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+                raise self.fail(field, f"array {k} must be real numbers, got dtype {a.dtype}")
+            if not np.all(np.isfinite(a)):
+                raise self.fail(field, f"array {k} has non-finite entries")
+        A, b, x_star = arrays["A"], arrays["b"], arrays.get("x_star")
+        if A.ndim != 2 or A.shape[0] < 1 or not A.shape[0] < A.shape[1]:
+            raise self.fail(field, f"A must be 2-D, M x N with 1 <= M < N; found {found}")
+        M, N = A.shape
+        if b.shape != (M,):
+            raise self.fail(field, f"A and b disagree: b must have shape ({M},); found {found}")
+        if x_star is not None and x_star.shape != (N,):
+            raise self.fail(field, f"A and x_star disagree: x_star must have shape ({N},); "
+                            f"found {found}")
+        if x_star is not None and "nonneg" in signs and np.any(x_star < 0):
+            raise self.fail(field, f"x_star has negative entries (min {float(x_star.min())}) but "
+                            "sign includes nonneg; use sign: signed")
+        return path, hashlib.sha256(data).hexdigest(), (int(M), int(N)), x_star is not None
+
+    # -- methods
+    def methods(self, doc: dict) -> tuple[MethodSpec, ...]:
+        """gd / wn in file order, each with its own axes (wn defaults: eta_ratio 1, constant)."""
+        raw = doc.get("methods")
+        if not isinstance(raw, dict) or not raw:
+            raise self.fail("methods", "required: a mapping with at least one of gd, wn; "
+                            f"got {_describe(raw)}")
+        out = []
+        for name in raw:
+            if name not in METHOD_KEYS:
+                raise self.fail(f"methods.{name}", "unknown method; allowed: gd, wn")
+            m = self.section(raw, f"methods.{name}", METHOD_KEYS[name])
+            eta = self.required(m, f"methods.{name}.eta", "the step size (numbers > 0)")
+            eta = self.axis(eta, f"methods.{name}.eta", "float", gt=0)
+            if name == "gd":
+                out.append(MethodSpec("gd", eta))
+                continue
+            ratio = self.axis(m.get("eta_ratio", 1.0), "methods.wn.eta_ratio", "float", gt=0)
+            sched = self.axis(m.get("schedule", "constant"), "methods.wn.schedule", "str",
+                              SCHEDULES)
+            out.append(MethodSpec("wn", eta, ratio, sched))
+        return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------- parse
+
+def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None) -> SweepSpec:
+    """Validate sweep YAML ``text`` into a SweepSpec (the module docstring lists what is checked).
+
+    ``source`` names the file in error messages; a relative ``problem.file`` resolves against
+    ``base_dir`` (default: the current directory). Raises SpecError on the first problem found,
+    checking sections in the order name, description, seed, trials, problem, model, init,
+    methods, train, reference, output.
+    """
+    source = str(source)
+    v = _Validator(source, os.path.abspath(base_dir if base_dir is not None else os.getcwd()))
+    doc = _load_yaml(text, source)
+    if not isinstance(doc, dict):
+        got = _describe(doc) if doc is not None else "an empty document"
+        raise v.fail("<yaml>", f"the top level must be a mapping with keys {', '.join(_TOP_KEYS)}; "
+                     f"got {got}")
+    v.known_keys(doc, _TOP_KEYS, "")
+
+    name = v.required(doc, "name", "the sweep's name, matching [a-z0-9._-]+")
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or set(name) == {"."}:
+        raise v.fail("name", "must match [a-z0-9._-]+ (lowercase letters, digits, '.', '_', '-'); "
+                     f"got {_describe(name)}")
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        raise v.fail("description", f"expected a string, got {_describe(description)}")
+    seed = v.scalar_int(doc.get("seed", 0), "seed", 0)
+    trials = v.scalar_int(doc.get("trials", 1), "trials", 1)
+    problem, problem_json = v.problem(doc)
+
+    model = v.section(doc, "model", ("depth",))
+    depth = v.axis(v.required(model, "model.depth", "the depth L (integers >= 2)"),
+                   "model.depth", "int", ge=2)
+    init = v.section(doc, "init", ("scheme", "alpha"))
+    scheme = v.axis(init.get("scheme", "constant"), "init.scheme", "str", SCHEMES)
+    alpha = v.axis(v.required(init, "init.alpha", "the initialization scale (numbers > 0)"),
+                   "init.alpha", "float", gt=0)
+    methods = v.methods(doc)
+
+    tr = v.section(doc, "train", ("max_iters", "tol", "checkpoints"))
+    max_iters = v.required(tr, "train.max_iters", "the iteration budget (integers >= 1)")
+    train = TrainSpec(max_iters=v.axis(max_iters, "train.max_iters", "int", ge=1),
+                      tol=v.axis(tr.get("tol", 1e-12), "train.tol", "float", ge=0),
+                      checkpoints=v.scalar_int(tr.get("checkpoints", 64), "train.checkpoints", 2))
+
+    solver = v.section(doc, "reference", ("solver",)).get("solver", "HIGHS")
+    import cvxpy  # deferred: slow to import, and only this check needs it
+
+    installed = sorted(cvxpy.installed_solvers())
+    if not isinstance(solver, str) or solver.upper() not in installed:
+        raise v.fail("reference.solver", f"unknown solver {_fmt(solver)}; installed: "
+                     f"{', '.join(installed)}")
+    solver = solver.upper()  # cvxpy's own spelling, so "highs" and "HIGHS" hash the same
+    save = v.section(doc, "output", ("save_solutions",)).get("save_solutions", False)
+    if not isinstance(save, bool):
+        raise v.fail("output.save_solutions", f"expected true or false, got {_describe(save)}")
+
+    canonical = {
+        "name": name, "description": description, "seed": seed, "trials": trials,
+        "problem": problem_json,
+        "model": {"depth": list(depth)},
+        "init": {"scheme": list(scheme), "alpha": list(alpha)},
+        "methods": {m.name: {"eta": list(m.eta)} if m.name == "gd" else
+                    {"eta": list(m.eta), "eta_ratio": list(m.eta_ratio),
+                     "schedule": list(m.schedule)} for m in methods},
+        "train": {"max_iters": list(train.max_iters), "tol": list(train.tol),
+                  "checkpoints": train.checkpoints},
+        "reference": {"solver": solver},
+        "output": {"save_solutions": save},
+    }
+    canonical_json = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return SweepSpec(
+        name=name, description=description, seed=seed, trials=trials, problem=problem,
+        depth=depth, init_scheme=scheme, alpha=alpha, methods=methods, train=train,
+        bp_solver=solver, save_solutions=save, source=source, text=text,
+        canonical_json=canonical_json,
+        spec_hash=hashlib.sha256(canonical_json.encode()).hexdigest(),
+    )
+
+
+def load_spec(path: str | os.PathLike) -> SweepSpec:
+    """Read a sweep file (UTF-8) and validate it; a relative problem file resolves in its folder."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            text = f.read().decode("utf-8")
+    except FileNotFoundError:
+        raise SpecError(source, "<file>", "no such file") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(source, "<file>",
+                        f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise SpecError(source, "<file>", f"cannot read: {e.strerror or e}") from None
+    return parse_spec(text, source=source, base_dir=os.path.dirname(os.path.abspath(source)))
