@@ -1,0 +1,282 @@
+"""``write_report``: every figure the data supports, summary tables and an index.html.
+
+Output folder (local)::
+
+    <out_dir>/index.html                 figures, tables, skipped figures with reasons, provenance
+    <out_dir>/<figure>[__<k>-<v>...].png / .pdf   one pair per figure and slice
+    <out_dir>/summary.csv, summary.md    cell_stats + ratio_stats (``aggregate.summary_table``)
+    <out_dir>/paired_ratios.csv          one row per WN-GD run (``aggregate.paired_ratios``)
+
+A figure whose parameters the sweep lacks (e.g. a single ``s``) is skipped with a reason; a
+figure draws one slice of the sweep, so when other parameters vary (e.g. ``init``) one file per
+slice is written (``plots.split_by_extra``). Corrupt shards are skipped with a warning and listed.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from analysis import plots
+from analysis.aggregate import paired_ratios, summary_table
+from analysis.load import load, load_provenance, resolve
+
+Check = Callable[[pd.DataFrame], "str | None"]
+
+
+@dataclass
+class ReportResult:
+    """What ``write_report`` wrote. Paths are absolute."""
+
+    out_dir: Path
+    figures: list[Path] = field(default_factory=list)  # PNG and PDF files
+    skipped: dict[str, str] = field(default_factory=dict)  # figure title -> reason
+    tables: dict[str, Path] = field(default_factory=dict)  # name -> file
+    index: Path | None = None
+    n_runs: int = 0
+    n_cells: int = 0
+    skipped_shards: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few lines for the command line."""
+        n_fig = sum(1 for p in self.figures if p.suffix == ".png")
+        lines = [
+            f"report: {self.index or self.out_dir}",
+            f"  {self.n_runs} runs in {self.n_cells} cells; {n_fig} figure(s) written "
+            f"(PNG + PDF), {len(self.skipped)} skipped",
+        ]
+        lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
+        lines.append("  tables: " + ", ".join(p.name for p in self.tables.values()))
+        if self.skipped_shards:
+            lines.append(f"  WARNING: {len(self.skipped_shards)} corrupt shard(s) skipped")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- requirements
+def _n(df: pd.DataFrame, col: str, method: str | None = None) -> int:
+    d = df if method is None else df[df["method"] == method]
+    return int(d[col].nunique(dropna=True)) if col in d else 0
+
+
+def _need_values(col: str, label: str, method: str | None = None) -> Check:
+    def check(df: pd.DataFrame) -> str | None:
+        n = _n(df, col, method)
+        return None if n >= 2 else f"needs >= 2 values of {label}, found {n}"
+
+    return check
+
+
+def _need_methods(df: pd.DataFrame) -> str | None:
+    found = sorted(df["method"].dropna().unique())
+    return None if {"gd", "wn"} <= set(found) else f"needs GD and WN-GD runs, found {found}"
+
+
+def _need_ratios(df: pd.DataFrame) -> str | None:
+    n = int(paired_ratios(df)["dropped"].isna().sum())
+    return None if n else "no valid paired GD/WN-GD ratio (unpaired or non-finite errors)"
+
+
+def _need_curves(df: pd.DataFrame) -> str | None:
+    ok = df["curve_iter"].map(lambda c: c is not None and len(c) > 0).any()
+    return None if ok else "no loss curves stored (curve_iter empty)"
+
+
+def _need_alpha_eff(df: pd.DataFrame) -> str | None:
+    a = pd.to_numeric(df.loc[df["method"] == "wn", "alpha_eff"], errors="coerce")
+    return None if (np.isfinite(a) & (a > 0)).any() else "needs WN-GD runs with a finite alpha_eff"
+
+
+ALPHA, S, ETA = _need_values("alpha", "alpha"), _need_values("s", "s"), _need_values(
+    "eta_ratio", "eta~ (WN-GD)", "wn"
+)
+
+#: (file name, title, plot function, requirement checks in order)
+FIGURES: list[tuple[str, str, Callable[[pd.DataFrame], Any], list[Check]]] = [
+    ("error_vs_alpha", "error vs alpha", plots.plot_error_vs_alpha, [ALPHA]),
+    ("loss_curves", "training loss vs iteration", plots.plot_loss_curves, [_need_curves]),
+    ("phase_alpha_s", "phase diagram alpha x s", plots.plot_phase_alpha_s,
+     [_need_methods, ALPHA, S, _need_ratios]),
+    ("phase_alpha_eta", "phase diagram alpha x eta~", plots.plot_phase_alpha_eta,
+     [_need_methods, ALPHA, ETA, _need_ratios]),
+    ("recovery_alpha_s", "recovery rate alpha x s", plots.plot_recovery_heatmaps, [ALPHA, S]),
+    ("alpha_eff", "alpha_eff vs alpha", plots.plot_alpha_eff, [_need_alpha_eff]),
+]
+
+
+# ----------------------------------------------------------------------------- writing
+def _slug(fixed: dict) -> str:
+    parts = [f"{k}-{plots._fmt(v)}" for k, v in fixed.items()]
+    return "".join("__" + re.sub(r"[^A-Za-z0-9.+-]", "_", p) for p in parts)
+
+
+def _slice_label(fixed: dict) -> str:
+    return ", ".join(f"{k}={plots._fmt(v)}" for k, v in fixed.items())
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (floats to 4 significant digits, nulls blank)."""
+
+    def cell(v: Any) -> str:
+        if v is None or (not isinstance(v, str) and pd.isna(v)):
+            return ""
+        if isinstance(v, (float, np.floating)):
+            return f"{v:.4g}"
+        return str(v).replace("|", r"\|")
+
+    head = "| " + " | ".join(df.columns) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *body]) + "\n"
+
+
+def _default_out_dir(results: str, runs: pd.DataFrame) -> Path:
+    loc = resolve(results)
+    if loc.is_local:
+        return Path(loc.root) / "report"
+    names = runs["sweep"].dropna().unique() if "sweep" in runs else []
+    name = names[0] if len(names) == 1 else loc.root.rstrip("/").rsplit("/", 1)[-1]
+    return Path.cwd() / f"report-{name}"
+
+
+def write_report(
+    results: str, out_dir: str | None = None, threshold: float = 1e-3
+) -> ReportResult:
+    """Write the report of the results folder ``results`` (path or URI) and return what was written.
+
+    ``out_dir`` defaults to ``<results>/report`` for a local folder, else ``./report-<sweep>``.
+    ``threshold``: recovery threshold on rel_error_l1 (tables and recovery heatmaps).
+    """
+    runs = load(results, on_corrupt="skip")
+    out = Path(out_dir) if out_dir is not None else _default_out_dir(results, runs)
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    res = ReportResult(out_dir=out, n_runs=len(runs),
+                       skipped_shards=list(runs.attrs.get("skipped_shards", [])))
+
+    entries: list[tuple[str, str, str]] = []  # (title, png name, pdf name)
+    for name, title, fn, checks in FIGURES:
+        kwargs = {"threshold": threshold} if fn is plots.plot_recovery_heatmaps else {}
+        reason = next((r for r in (c(runs) for c in checks) if r), None)
+        if reason:
+            res.skipped[title] = reason
+            continue
+        for fixed, part in plots.split_by_extra(runs, fn.USES):
+            label = f"{title} ({_slice_label(fixed)})" if fixed else title
+            reason = next((r for r in (c(part) for c in checks) if r), None)
+            if reason:
+                res.skipped[label] = reason
+                continue
+            try:
+                fig = fn(part, **kwargs)
+            except Exception as exc:  # one bad figure must not sink the report
+                warnings.warn(f"figure {label!r} failed: {exc!r}", stacklevel=2)
+                res.skipped[label] = f"failed: {exc}"
+                continue
+            stem = name + _slug(fixed)
+            for ext in ("png", "pdf"):
+                path = out / f"{stem}.{ext}"
+                fig.savefig(path, dpi=150 if ext == "png" else None)
+                res.figures.append(path)
+            entries.append((label, f"{stem}.png", f"{stem}.pdf"))
+
+    summary = summary_table(runs, threshold)
+    res.n_cells = len(summary)
+    res.tables["summary_csv"] = out / "summary.csv"
+    summary.to_csv(res.tables["summary_csv"], index=False)
+    res.tables["summary_md"] = out / "summary.md"
+    res.tables["summary_md"].write_text(_markdown(summary))
+    if (runs["method"] == "wn").any():
+        res.tables["paired_ratios_csv"] = out / "paired_ratios.csv"
+        paired_ratios(runs).to_csv(res.tables["paired_ratios_csv"], index=False)
+
+    res.index = out / "index.html"
+    res.index.write_text(_index_html(results, runs, summary, entries, res, threshold))
+    return res
+
+
+# ----------------------------------------------------------------------------- index.html
+_PROVENANCE_KEYS = {
+    "spec hash": ("spec_hash", "spec_sha256", "hash"),
+    "version": ("version", "package_version", "wnsweep_version"),
+    "git commit": ("git_commit", "commit", "git"),
+}
+_MAX_HTML_ROWS = 500
+
+
+def _provenance(results: str, runs: pd.DataFrame) -> tuple[list[tuple[str, str]], dict, str | None]:
+    prov = load_provenance(results)
+    manifest = prov["manifest"] or {}
+    rows = [("results", str(resolve(results).uri))]
+    for label, keys in _PROVENANCE_KEYS.items():
+        val = next((manifest[k] for k in keys if k in manifest and manifest[k] is not None), None)
+        if isinstance(val, dict):
+            val = val.get("commit") or val.get("sha") or json.dumps(val)
+        if val is not None:
+            rows.append((label, str(val)))
+    hashes = runs.attrs.get("spec_hashes", [])
+    if hashes:
+        rows.append(("spec hash (shards)", ", ".join(hashes)))
+    return rows, manifest, prov["sweep_yaml"]
+
+
+def _index_html(
+    results: str,
+    runs: pd.DataFrame,
+    summary: pd.DataFrame,
+    entries: list[tuple[str, str, str]],
+    res: ReportResult,
+    threshold: float,
+) -> str:
+    e = html.escape
+    names = runs["sweep"].dropna().unique() if "sweep" in runs else []
+    title = f"wnsweep report: {', '.join(map(str, names)) or e(str(results))}"
+    prov_rows, manifest, sweep_yaml = _provenance(results, runs)
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{e(title)}</title><style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}"
+        "img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;font-size:12px}"
+        "td,th{border:1px solid #ccc;padding:2px 6px}figure{margin:1.5em 0}"
+        ".warn{color:#a00}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        f"<p>{len(runs)} runs, {len(summary)} cells; recovery threshold rel_error_l1 &le; "
+        f"{threshold:g}.</p>",
+        "<h2>Provenance</h2><table>",
+        *[f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in prov_rows],
+        "</table>",
+    ]
+    if manifest:
+        parts.append("<details><summary>manifest.json</summary><pre>"
+                     f"{e(json.dumps(manifest, indent=2, default=str))}</pre></details>")
+    if sweep_yaml:
+        parts.append(f"<details><summary>sweep.yaml</summary><pre>{e(sweep_yaml)}</pre></details>")
+    if res.skipped_shards:
+        parts.append("<p class='warn'>Corrupt shards skipped:</p><ul>")
+        parts += [f"<li class='warn'>{e(p)}</li>" for p in res.skipped_shards]
+        parts.append("</ul>")
+    parts.append("<h2>Figures</h2>")
+    for label, png, pdf in entries:
+        parts.append(
+            f"<figure><img src='{e(png)}' alt='{e(label)}'><figcaption>{e(label)} "
+            f"(<a href='{e(png)}'>PNG</a>, <a href='{e(pdf)}'>PDF</a>)</figcaption></figure>"
+        )
+    if res.skipped:
+        parts.append("<h2>Skipped figures</h2><ul>")
+        parts += [f"<li>{e(k)}: {e(v)}</li>" for k, v in res.skipped.items()]
+        parts.append("</ul>")
+    parts.append("<h2>Tables</h2><ul>")
+    parts += [f"<li><a href='{e(p.name)}'>{e(p.name)}</a></li>" for p in res.tables.values()]
+    parts.append("</ul>")
+    shown = summary.head(_MAX_HTML_ROWS)
+    if len(summary) > len(shown):
+        parts.append(f"<p>First {len(shown)} of {len(summary)} rows; see summary.csv.</p>")
+    parts.append(shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}"))
+    parts.append("</body></html>\n")
+    return "\n".join(parts)

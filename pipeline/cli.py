@@ -1,0 +1,106 @@
+"""``wnsweep plan | run | status | report`` (also ``python -m pipeline ...``).
+
+Exit status: 0 done; 1 some tasks failed (the rest is stored; rerun to retry them); 2 bad input
+(sweep file, output folder or arguments: one message, nothing written); 130 interrupted (finished
+shards are kept; rerun the same command to continue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wnsweep", description="Sweeps of GD vs weight-normalized GD on diagonal linear "
+        "networks, with basis-pursuit references, on Ray.")
+    parser.add_argument("--version", action="version", version=f"wnsweep {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="count runs, instances and tasks; estimate the cost")
+    p.add_argument("sweep", help="sweep file (YAML)")
+    p.add_argument("--out", help="output folder or URI (default results/<name>)")
+
+    r = sub.add_parser("run", help="run (or resume) a sweep")
+    r.add_argument("sweep", help="sweep file (YAML)")
+    r.add_argument("--out", help="output folder or URI, e.g. s3://bucket/prefix "
+                   "(default results/<name>)")
+    r.add_argument("--executor", choices=("ray", "serial"), default="ray",
+                   help="ray (default): Ray tasks; serial: in this process, no Ray")
+    r.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: "
+                   "RAY_ADDRESS if set, else a new local Ray instance)")
+    r.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray instance (default: all)")
+    r.add_argument("--task-seconds", type=float, default=20.0,
+                   help="estimated work per task (default 20 s)")
+    r.add_argument("--force", action="store_true",
+                   help="discard results written to --out by a different spec")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("status", help="done / missing / corrupt, per shard")
+    s.add_argument("results", help="results folder or URI")
+
+    rep = sub.add_parser("report", help="phase diagrams, figures and tables of a results folder")
+    rep.add_argument("results", help="results folder or URI")
+    rep.add_argument("--out", help="report folder (default <results>/report)")
+    rep.add_argument("--threshold", type=float, default=1e-3,
+                     help="recovery threshold on rel_error_l1 (default 1e-3)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from pipeline.spec import SpecError
+    from pipeline.store import StoreError
+
+    try:
+        return _dispatch(args)
+    except (SpecError, StoreError) as exc:
+        print(f"wnsweep: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nwnsweep: interrupted; finished shards are kept. Rerun the same command to "
+              "continue.", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from pipeline import sweep
+
+    if args.command == "plan":
+        print(sweep.plan_text(args.sweep, args.out))
+        return 0
+    if args.command == "run":
+        if args.task_seconds <= 0:
+            print("wnsweep: error: --task-seconds must be > 0", file=sys.stderr)
+            return 2
+        outcome = sweep.run_sweep(
+            args.sweep, out=args.out, executor=args.executor, address=args.address,
+            force=args.force, progress=False if args.no_progress else None,
+            num_cpus=args.num_cpus, task_seconds=args.task_seconds)
+        print(f"{outcome.computed} runs computed in {outcome.seconds:.1f} s "
+              f"({outcome.already} already stored, {outcome.planned} planned) -> {outcome.out}")
+        for task_id, error in outcome.failed:
+            print(f"wnsweep: task {task_id} failed: {error}", file=sys.stderr)
+        if outcome.failed:
+            print(f"wnsweep: {len(outcome.failed)} tasks failed; rerun to retry them",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "status":
+        text, healthy = sweep.status_text(args.results)
+        print(text)
+        return 0 if healthy else 1
+    if args.command == "report":
+        from analysis.report import write_report
+
+        result = write_report(args.results, out_dir=args.out, threshold=args.threshold)
+        print(result.summary())
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""Executors: run tasks serially in this process, or as Ray tasks on a local instance or a cluster.
+
+Both call the same ``run_task`` on the same tasks and hand each result to ``on_result`` as soon as
+it completes, so the two produce identical numbers. The Ray executor keeps a bounded number of
+tasks in flight (``ray.wait``), lets Ray retry a task whose worker or node died, and ships a user
+instance file's bytes once through the object store. This is the only module that imports Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.plan import Task
+from pipeline.task import TaskResult, run_task
+
+#: Retries of a task whose worker process or node died (Ray's max_retries).
+MAX_RETRIES = 4
+
+
+@dataclass
+class ExecutionReport:
+    """What happened: tasks completed and tasks that failed with an exception (not retried)."""
+
+    completed: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (task_id, error)
+    seconds: float = 0.0
+
+
+def _problem_bytes(tasks: Sequence[Task]) -> bytes | None:
+    files = {inst.problem_file for t in tasks for inst in t.instances if inst.problem_file}
+    if not files:
+        return None
+    (path,) = files  # a sweep has at most one instance file
+    return Path(path).read_bytes()
+
+
+def run_serial(tasks: Sequence[Task], on_result: Callable[[TaskResult], None],
+               on_error: Callable[[Task, BaseException], None] | None = None) -> ExecutionReport:
+    """Run every task in this process, in order (debugging, profiling, no Ray)."""
+    report, start = ExecutionReport(), time.perf_counter()
+    data = _problem_bytes(tasks)
+    node = f"serial@{socket.gethostname()}"
+    for task in tasks:
+        try:
+            result = run_task(task, data, node=node)
+        except Exception as exc:  # a bug or a bad instance: record it, go on with the others
+            report.failed.append((task.task_id, f"{type(exc).__name__}: {exc}"))
+            if on_error:
+                on_error(task, exc)
+            continue
+        on_result(result)
+        report.completed += 1
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _ray_task(task: Task, data: bytes | None) -> TaskResult:
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()[:12]
+    return run_task(task, data, node=f"{socket.gethostname()}:{node}")
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Connect to Ray: an existing cluster (``address`` or RAY_ADDRESS), else a new local
+    instance. Returns True when this call started Ray (and so should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs = {"include_dashboard": False, "log_to_driver": True}
+    if address == "local":
+        kwargs["num_cpus"] = num_cpus
+    # the workers import this package from the installed distribution; on a cluster set
+    # up by cluster.yaml it is installed on every node
+    ray.init(address=address, **kwargs)
+    return True
+
+
+def run_ray(tasks: Sequence[Task], on_result: Callable[[TaskResult], None],
+            on_error: Callable[[Task, BaseException], None] | None = None,
+            max_in_flight: int | None = None) -> ExecutionReport:
+    """Run the tasks as Ray tasks on the Ray instance this process is connected to."""
+    import ray
+
+    report, start = ExecutionReport(), time.perf_counter()
+    remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_ray_task)
+    data = _problem_bytes(tasks)
+    data_ref = ray.put(data) if data is not None else None
+    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    limit = max_in_flight or 2 * cpus  # enough to keep every CPU busy while results are consumed
+    queue = list(reversed(tasks))
+    in_flight: dict[ray.ObjectRef, Task] = {}
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < limit:
+                task = queue.pop()
+                in_flight[remote.remote(task, data_ref)] = task
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                task = in_flight.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError,
+                        ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as exc:
+                    report.failed.append((task.task_id, f"{type(exc).__name__}: {exc}"))
+                    if on_error:
+                        on_error(task, exc)
+                    continue
+                on_result(result)
+                report.completed += 1
+    finally:
+        for ref in in_flight:  # Ctrl-C or an error in on_result: stop what is still running
+            ray.cancel(ref, force=True)
+    report.seconds = time.perf_counter() - start
+    return report

@@ -1,0 +1,318 @@
+"""Results on disk or on an object store (SWEEPS.md, "What lands on disk").
+
+Layout: ``sweep.yaml``, ``manifest.json``, ``runs/part-<task>.parquet``,
+``instances/part-<task>.parquet``. Every path goes through a pyarrow filesystem, so any URI that
+pyarrow understands (a local path, ``file://``, ``s3://``, ...) works.
+
+Atomicity. A shard is written whole or not at all: on local disks under a hidden temporary name,
+then renamed; on object stores straight to its final key, which becomes visible only when the
+upload completes. The instances shard of a task is written before its runs shard, and a run counts
+as stored only when a runs shard holding it reads back whole, so a killed driver can leave at most
+a hidden temporary file or an unreferenced instances shard, both harmless.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import posixpath
+import socket
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline import __version__, schema
+from pipeline.spec import SweepSpec
+
+RUNS_DIR, INSTANCES_DIR, QUARANTINE_DIR = "runs", "instances", "corrupt"
+LIBRARIES = ("numpy", "scipy", "cvxpy", "highspy", "pyarrow", "pandas", "ray", "pyyaml")
+
+
+class StoreError(RuntimeError):
+    """The output folder cannot be used as asked (for example, written by another spec)."""
+
+
+@dataclass
+class ShardStatus:
+    """The state of one task's pair of shards."""
+
+    task_id: str
+    state: str  # done | corrupt | missing-instances | orphan-instances
+    runs: int = 0
+    detail: str = ""
+
+
+@dataclass
+class Inventory:
+    """What an output folder holds: valid run_ids and the state of every shard."""
+
+    run_ids: set[str] = field(default_factory=set)
+    shards: list[ShardStatus] = field(default_factory=list)
+    duplicates: int = 0
+
+    @property
+    def corrupt(self) -> list[ShardStatus]:
+        return [s for s in self.shards if s.state not in ("done", "orphan-instances")]
+
+
+def compat_fingerprint(spec: SweepSpec) -> str:
+    """What changes results without changing run_ids: the reference solver and saved solutions.
+    A folder written with another fingerprint is refused unless --force."""
+    payload = json.dumps({"bp_solver": spec.bp_solver, "save_solutions": spec.save_solutions})
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class ResultsStore:
+    """One results folder (``uri``: a local path or a pyarrow filesystem URI)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.fs, self.root = _filesystem(uri)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    # -- paths ------------------------------------------------------------------------------------
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def shard_path(self, kind: str, task_id: str) -> str:
+        return self.path(kind, f"part-{task_id}.parquet")
+
+    def _list(self, kind: str) -> dict[str, str]:
+        """task_id -> path of every visible shard of one kind."""
+        selector = pafs.FileSelector(self.path(kind), allow_not_found=True)
+        out = {}
+        for info in self.fs.get_file_info(selector):
+            name = info.base_name
+            if info.type == pafs.FileType.File and name.startswith("part-") \
+                    and name.endswith(".parquet"):
+                out[name[len("part-"):-len(".parquet")]] = info.path
+        return out
+
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self.path("manifest.json")).type == pafs.FileType.File
+
+    # -- manifest and spec ------------------------------------------------------------------------
+
+    def read_manifest(self) -> dict | None:
+        if not self.exists():
+            return None
+        with self.fs.open_input_stream(self.path("manifest.json")) as f:
+            return json.loads(f.read().decode())
+
+    def prepare(self, spec: SweepSpec, force: bool = False) -> dict:
+        """Check that this folder may take ``spec``'s runs and (re)write sweep.yaml and the
+        manifest. Refuses a folder written by a different spec for the same run_ids unless
+        ``force``, which discards the folder's previous results first."""
+        manifest = self.read_manifest()
+        if manifest is not None and not force:
+            problem = _incompatibility(manifest, spec)
+            if problem:
+                raise StoreError(
+                    f"{self.uri}: {problem}; use another --out, or --force to discard the results "
+                    "stored there")
+        if manifest is not None and force:
+            for kind in (RUNS_DIR, INSTANCES_DIR, QUARANTINE_DIR):
+                if self.fs.get_file_info(self.path(kind)).type == pafs.FileType.Directory:
+                    self.fs.delete_dir(self.path(kind))
+            manifest = None
+        self.fs.create_dir(self.root, recursive=True)
+        manifest = manifest or {"created": _now(), "invocations": []}
+        manifest.update({
+            "sweep": spec.name,
+            "spec_hash": spec.spec_hash,
+            "compat": compat_fingerprint(spec),
+            "spec": spec.to_dict(),
+            "wnsweep_version": __version__,
+            "git_commit": git_commit(),
+            "libraries": library_versions(),
+            "python": platform.python_version(),
+            "host": socket.gethostname(),
+        })
+        self._write_bytes(self.path("sweep.yaml"), spec.text.encode())
+        self.write_manifest(manifest)
+        return manifest
+
+    def write_manifest(self, manifest: dict) -> None:
+        self._write_bytes(self.path("manifest.json"),
+                          (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+    # -- shards -----------------------------------------------------------------------------------
+
+    def write_task(self, task_id: str, runs: pa.Table, instances: pa.Table) -> None:
+        """Write a task's instances shard, then its runs shard, each atomically."""
+        extra = {schema.META_VERSION: __version__.encode(),
+                 schema.META_ROWS: str(runs.num_rows).encode()}
+        self._write_table(self.shard_path(INSTANCES_DIR, task_id),
+                          instances.replace_schema_metadata({**instances.schema.metadata, **extra}))
+        self._write_table(self.shard_path(RUNS_DIR, task_id),
+                          runs.replace_schema_metadata({**runs.schema.metadata, **extra}))
+
+    def inventory(self) -> Inventory:
+        """Read every shard's run_ids, checking that each reads back whole."""
+        inv = Inventory()
+        runs, instances = self._list(RUNS_DIR), self._list(INSTANCES_DIR)
+        for task_id in sorted(set(runs) | set(instances)):
+            if task_id not in runs:
+                inv.shards.append(ShardStatus(task_id, "orphan-instances",
+                                              detail="no runs shard (an interrupted write)"))
+                continue
+            problem = self._check(instances.get(task_id), schema.INSTANCES_SCHEMA, "instance_id")
+            if task_id not in instances:
+                inv.shards.append(ShardStatus(task_id, "missing-instances",
+                                              detail="its instances shard is missing"))
+                continue
+            ids, problem_runs = self._run_ids(runs[task_id])
+            problem = problem_runs or problem
+            if problem:
+                inv.shards.append(ShardStatus(task_id, "corrupt", detail=problem))
+                continue
+            inv.duplicates += len(inv.run_ids & ids)
+            inv.run_ids |= ids
+            inv.shards.append(ShardStatus(task_id, "done", runs=len(ids)))
+        return inv
+
+    def quarantine(self, statuses: list[ShardStatus]) -> None:
+        """Move unusable shards to ``corrupt/`` so that they are out of the dataset but kept."""
+        for status in statuses:
+            for kind in (RUNS_DIR, INSTANCES_DIR):
+                src = self.shard_path(kind, status.task_id)
+                if self.fs.get_file_info(src).type != pafs.FileType.File:
+                    continue
+                dst = self.path(QUARANTINE_DIR, f"{kind}-part-{status.task_id}.parquet")
+                self.fs.create_dir(self.path(QUARANTINE_DIR), recursive=True)
+                self.fs.move(src, dst)
+
+    def clean_temporaries(self) -> int:
+        """Remove hidden temporary files left by a killed writer; returns how many."""
+        removed = 0
+        for kind in (RUNS_DIR, INSTANCES_DIR, ""):
+            selector = pafs.FileSelector(self.path(kind) if kind else self.root,
+                                         allow_not_found=True)
+            for info in self.fs.get_file_info(selector):
+                if info.type == pafs.FileType.File and info.base_name.startswith(".tmp-"):
+                    self.fs.delete_file(info.path)
+                    removed += 1
+        return removed
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _run_ids(self, path: str) -> tuple[set[str], str]:
+        try:
+            with self.fs.open_input_file(path) as f:
+                pf = pq.ParquetFile(f)
+                problem = _schema_problem(pf.schema_arrow, schema.RUNS_SCHEMA)
+                if problem:
+                    return set(), problem
+                expected = (pf.schema_arrow.metadata or {}).get(schema.META_ROWS)
+                table = pf.read()  # reads every page, so a damaged one shows up here
+            ids = table.column("run_id").to_pylist()
+            if expected is not None and int(expected) != len(ids):
+                return set(), f"holds {len(ids)} rows, its metadata says {int(expected)}"
+            if len(set(ids)) != len(ids):
+                return set(), "repeats a run_id"
+            return set(ids), ""
+        except (OSError, pa.ArrowException) as exc:
+            return set(), f"unreadable: {exc}"
+
+    def _check(self, path: str | None, expected: pa.Schema, column: str) -> str:
+        if path is None:
+            return ""
+        try:
+            with self.fs.open_input_file(path) as f:
+                pf = pq.ParquetFile(f)
+                pf.read(columns=[column])
+                return _schema_problem(pf.schema_arrow, expected)
+        except (OSError, pa.ArrowException) as exc:
+            return f"instances shard unreadable: {exc}"
+
+    def _write_table(self, path: str, table: pa.Table) -> None:
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        target = self._temporary(path) if self.local else path
+        with self.fs.open_output_stream(target) as out:
+            pq.write_table(table, out, compression="zstd")
+        if target != path:
+            self.fs.move(target, path)
+
+    def _write_bytes(self, path: str, data: bytes) -> None:
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        target = self._temporary(path) if self.local else path
+        with self.fs.open_output_stream(target) as out:
+            out.write(data)
+        if target != path:
+            self.fs.move(target, path)
+
+    @staticmethod
+    def _temporary(path: str) -> str:
+        return posixpath.join(posixpath.dirname(path),
+                              f".tmp-{uuid.uuid4().hex[:12]}-{posixpath.basename(path)}")
+
+
+def _schema_problem(actual: pa.Schema, expected: pa.Schema) -> str:
+    for f in expected:
+        if f.name not in actual.names:
+            return f"column {f.name!r} missing"
+        if not actual.field(f.name).type.equals(f.type):
+            return f"column {f.name!r} is {actual.field(f.name).type}, expected {f.type}"
+    return ""
+
+
+def _incompatibility(manifest: dict, spec: SweepSpec) -> str:
+    if manifest.get("sweep") not in (None, spec.name):
+        return f"holds sweep {manifest.get('sweep')!r}, not {spec.name!r}"
+    if manifest.get("compat") not in (None, compat_fingerprint(spec)):
+        old = manifest.get("spec", {})
+        return ("was written by a different spec for the same run_ids (reference solver or "
+                f"output.save_solutions differ: stored {old.get('reference')}, "
+                f"{old.get('output')})")
+    return ""
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_commit() -> str | None:
+    """The commit of the wnsweep checkout, when there is one (with '+dirty' for local changes)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def library_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def record_invocation(store: ResultsStore, manifest: dict, entry: dict) -> None:
+    """Append one `wnsweep run` invocation (times, counts, executor) to the manifest."""
+    manifest.setdefault("invocations", []).append(entry)
+    store.write_manifest(manifest)
+
+
+now = _now

@@ -1,0 +1,122 @@
+"""Run one task: problems -> reference -> dynamics -> metrics -> Arrow tables.
+
+A task is pure: the same Task gives the same tables (but for ``seconds`` and ``node``) in any
+process, on any worker. Random matrices are generated here from the instance seeds.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import dynamics, initialization, metrics, models, problems, reference, schema
+from pipeline.plan import InstanceKey, Run, Task
+
+#: The most runs one engine call holds; larger instances are cut into batches of this size.
+MAX_BATCH = 1024
+
+
+@dataclass
+class TaskResult:
+    """The two shards of one task, as Arrow tables with the shard schemas."""
+
+    task_id: str
+    runs: pa.Table
+    instances: pa.Table
+
+
+def load_problem(inst: InstanceKey, problem_bytes: bytes | None = None) -> problems.Instance:
+    """The instance's arrays: generated from its seed, or read from its file (or the file's bytes,
+    shipped by the executor to workers that do not share the driver's disk)."""
+    if inst.problem_file is None:
+        return problems.generate_instance(inst.M, inst.N, inst.s, inst.signed, inst.seed)
+    source = io.BytesIO(problem_bytes) if problem_bytes is not None else inst.problem_file
+    return problems.load_instance(source, inst.signed)
+
+
+def run_task(task: Task, problem_bytes: bytes | None = None, node: str | None = None) -> TaskResult:
+    """Compute every run of the task; ``node`` names the worker in the ``node`` column."""
+    node = node or socket.gethostname()
+    runs_by_instance: dict[str, list[Run]] = {}
+    for run in task.runs:
+        runs_by_instance.setdefault(run.instance_id, []).append(run)
+    run_rows: list[dict] = []
+    instance_rows: list[dict] = []
+    for inst in task.instances:
+        problem = load_problem(inst, problem_bytes)
+        bp = reference.basis_pursuit(problem.A, problem.b, nonneg=not inst.signed,
+                                     solver=task.bp_solver)
+        instance_rows.append(_instance_row(inst, problem, bp))
+        runs = runs_by_instance[inst.instance_id]
+        for start in range(0, len(runs), MAX_BATCH):
+            batch = runs[start:start + MAX_BATCH]
+            results = dynamics.run_batch(problem.A, problem.b, [_config(inst, r) for r in batch],
+                                         _initial_weights(inst, problem, batch))
+            for run, result in zip(batch, results):
+                run_rows.append(_run_row(task, inst, problem, bp, run, result, node))
+    meta = {schema.META_SPEC_HASH: task.spec_hash.encode(), schema.META_TASK: task.task_id.encode()}
+    return TaskResult(
+        task_id=task.task_id,
+        runs=_table(run_rows, schema.RUNS_SCHEMA, meta),
+        instances=_table(instance_rows, schema.INSTANCES_SCHEMA, meta),
+    )
+
+
+def _config(inst: InstanceKey, run: Run) -> dynamics.RunConfig:
+    return dynamics.RunConfig(
+        method=run.method, signed=inst.signed, depth=run.L, eta=run.eta,
+        eta_ratio=run.eta_ratio if run.eta_ratio is not None else 1.0,
+        schedule=run.schedule or "constant", max_iters=run.max_iters, tol=run.tol,
+        checkpoints=run.checkpoints,
+    )
+
+
+def _initial_weights(inst: InstanceKey, problem: problems.Instance, runs: list[Run]):
+    """w0 per run; the random direction is drawn once per instance (paired design)."""
+    n = models.n_trainable(problem.N, inst.signed)
+    directions = {scheme: initialization.init_direction(n, scheme, inst.seed)
+                  for scheme in {r.init for r in runs}}
+    return [initialization.initial_weights(n, r.alpha, directions[r.init]) for r in runs]
+
+
+def _instance_row(inst: InstanceKey, problem: problems.Instance, bp: reference.BasisPursuit) -> dict:
+    x_star = problem.x_star
+    return {
+        "instance_id": inst.instance_id, "trial": inst.trial, "M": problem.M, "N": problem.N,
+        "s": problem.s, "sign": inst.sign, "seed": inst.seed, "problem_file": inst.problem_file,
+        "bp_solver": bp.solver, "bp_status": bp.status, "bp_seconds": bp.seconds,
+        "l1_norm_bp": bp.l1_norm,
+        "bp_error_truth": None if x_star is None else float(np.linalg.norm(bp.x - x_star)),
+        "x_star": None if x_star is None else x_star.tolist(),
+        "x_l1": bp.x.tolist(),
+    }
+
+
+def _run_row(task: Task, inst: InstanceKey, problem: problems.Instance,
+             bp: reference.BasisPursuit, run: Run, result: dynamics.RunResult, node: str) -> dict:
+    row = {
+        "run_id": run.run_id, "sweep": task.sweep, "trial": inst.trial,
+        "instance_id": inst.instance_id, "method": run.method, "sign": inst.sign,
+        "M": problem.M, "N": problem.N, "s": problem.s, "L": run.L, "init": run.init,
+        "alpha": run.alpha, "eta": run.eta, "eta_ratio": run.eta_ratio,
+        "schedule": run.schedule, "max_iters": run.max_iters, "tol": run.tol,
+        "status": result.status, "iterations": result.iterations,
+        "loss_final": result.loss_final,
+        **metrics.solution_metrics(result.x_final, bp.x, problem.x_star),
+        "r0": None, "r_final": None, "c_inf": None, "alpha_eff": None,
+        "curve_iter": result.curve_iter.tolist(), "curve_loss": result.curve_loss.tolist(),
+        "x_final": result.x_final.tolist() if task.save_solutions else None,
+        "seconds": result.seconds, "node": node,
+    }
+    if run.method == "wn":
+        row.update(metrics.wn_metrics(run.alpha, run.eta_ratio, result.r0, result.r_final))
+    return row
+
+
+def _table(rows: list[dict], table_schema: pa.Schema, meta: dict[bytes, bytes]) -> pa.Table:
+    columns = {name: [row[name] for row in rows] for name in table_schema.names}
+    return pa.Table.from_pydict(columns, schema=schema.with_metadata(table_schema, meta))

@@ -1,0 +1,53 @@
+"""Shared fixtures: one real local Ray instance per session, small sweep files."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.pop("RAY_ADDRESS", None)
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray instance with 2 CPUs, started once for the whole session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+TINY_SWEEP = """\
+name: {name}
+seed: 3
+trials: {trials}
+problem: {{M: 12, N: 30, sparsity: [2, 3], sign: nonneg}}
+model: {{depth: [2, 3]}}
+init: {{scheme: [constant, random], alpha: [0.05, 0.3]}}
+methods:
+  gd: {{eta: {eta}}}
+  wn: {{eta: {eta}, eta_ratio: [0.1, 1.0], schedule: [constant, normalized]}}
+train: {{max_iters: {max_iters}, tol: 1.0e-8, checkpoints: 16}}
+"""
+
+
+@pytest.fixture
+def make_sweep(tmp_path):
+    """Write a small sweep file (2 s x 2 L x 2 init x 2 alpha x 5 method variants per trial)."""
+
+    def make(name="tiny", trials=2, eta=0.02, max_iters=400, text=None) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        body = text if text is not None else TINY_SWEEP.format(
+            name=name, trials=trials, eta=eta, max_iters=max_iters)
+        path.write_text(textwrap.dedent(body))
+        return path
+
+    return make
