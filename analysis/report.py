@@ -185,6 +185,8 @@ def write_report(
                 path = out / f"{stem}.{ext}"
                 fig.savefig(path, dpi=150 if ext == "png" else None)
                 res.figures.append(path)
+                # the layout is settled by the first save: the second format reuses it
+                fig.set_layout_engine("none")
             entries.append((label, f"{stem}.png", f"{stem}.pdf"))
 
     summary = summary_table(runs, threshold)

@@ -20,6 +20,9 @@ from pipeline.task import TaskResult, run_task
 
 #: Retries of a task whose worker process or node died (Ray's max_retries).
 MAX_RETRIES = 4
+#: Tasks kept in flight at least, so that an autoscaling cluster that starts with no worker sees
+#: enough demand to add workers (the window is re-read as the cluster grows).
+MIN_IN_FLIGHT = 16
 
 
 @dataclass
@@ -84,6 +87,19 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     return True
 
 
+def cluster_cpus() -> int:
+    """CPUs of the Ray cluster this process is connected to (at least 1)."""
+    import ray
+
+    return max(int(ray.cluster_resources().get("CPU", 1)), 1)
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
 def run_ray(tasks: Sequence[Task], on_result: Callable[[TaskResult], None],
             on_error: Callable[[Task, BaseException], None] | None = None,
             max_in_flight: int | None = None) -> ExecutionReport:
@@ -94,12 +110,12 @@ def run_ray(tasks: Sequence[Task], on_result: Callable[[TaskResult], None],
     remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_ray_task)
     data = _problem_bytes(tasks)
     data_ref = ray.put(data) if data is not None else None
-    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
-    limit = max_in_flight or 2 * cpus  # enough to keep every CPU busy while results are consumed
     queue = list(reversed(tasks))
     in_flight: dict[ray.ObjectRef, Task] = {}
     try:
         while queue or in_flight:
+            # two per CPU keeps every CPU busy while results are consumed
+            limit = max_in_flight or max(2 * cluster_cpus(), MIN_IN_FLIGHT)
             while queue and len(in_flight) < limit:
                 task = queue.pop()
                 in_flight[remote.remote(task, data_ref)] = task

@@ -112,22 +112,24 @@ class Plan:
         return frozenset(r.run_id for r in self.runs)
 
     def tasks(self, done: frozenset[str] | set[str] = frozenset(),
-              task_seconds: float = TASK_SECONDS) -> list[Task]:
+              task_seconds: float = TASK_SECONDS, min_tasks: int = 1) -> list[Task]:
         """Tasks computing every run not in ``done``; instances packed greedily up to about
-        ``task_seconds`` of estimated work per task (an instance is never split)."""
+        ``task_seconds`` of estimated work per task, or less when that would give fewer than
+        ``min_tasks`` tasks (so that every worker gets work). An instance is never split, and the
+        grouping does not change any result: each instance's runs form their own batches."""
         by_instance: dict[str, list[Run]] = {}
         for run in self.runs:
             if run.run_id not in done:
                 by_instance.setdefault(run.instance_id, []).append(run)
+        pending = [(inst, by_instance[inst.instance_id]) for inst in self.instances
+                   if inst.instance_id in by_instance]
+        costs = [instance_cost(inst, runs) for inst, runs in pending]
+        target = min(task_seconds, sum(costs) / max(min_tasks, 1))
         tasks: list[Task] = []
         batch: list[tuple[InstanceKey, list[Run]]] = []
         cost = 0.0
-        for inst in self.instances:
-            runs = by_instance.get(inst.instance_id)
-            if not runs:
-                continue
-            c = instance_cost(inst, runs)
-            if batch and cost + c > task_seconds:
+        for (inst, runs), c in zip(pending, costs):
+            if batch and cost + c > target:
                 tasks.append(self._task(batch, cost))
                 batch, cost = [], 0.0
             batch.append((inst, runs))

@@ -97,6 +97,12 @@ class ResultsStore:
                 out[name[len("part-"):-len(".parquet")]] = info.path
         return out
 
+    def _ensure_dir(self, path: str) -> None:
+        """Create a folder on local disks; object stores have none (and creating the marker
+        objects would write above the prefix, which a prefix-scoped IAM policy refuses)."""
+        if self.local:
+            self.fs.create_dir(path, recursive=True)
+
     def exists(self) -> bool:
         return self.fs.get_file_info(self.path("manifest.json")).type == pafs.FileType.File
 
@@ -124,7 +130,7 @@ class ResultsStore:
                 if self.fs.get_file_info(self.path(kind)).type == pafs.FileType.Directory:
                     self.fs.delete_dir(self.path(kind))
             manifest = None
-        self.fs.create_dir(self.root, recursive=True)
+        self._ensure_dir(self.root)
         manifest = manifest or {"created": _now(), "invocations": []}
         manifest.update({
             "sweep": spec.name,
@@ -188,7 +194,7 @@ class ResultsStore:
                 if self.fs.get_file_info(src).type != pafs.FileType.File:
                     continue
                 dst = self.path(QUARANTINE_DIR, f"{kind}-part-{status.task_id}.parquet")
-                self.fs.create_dir(self.path(QUARANTINE_DIR), recursive=True)
+                self._ensure_dir(self.path(QUARANTINE_DIR))
                 self.fs.move(src, dst)
 
     def clean_temporaries(self) -> int:
@@ -235,7 +241,7 @@ class ResultsStore:
             return f"instances shard unreadable: {exc}"
 
     def _write_table(self, path: str, table: pa.Table) -> None:
-        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        self._ensure_dir(posixpath.dirname(path))
         target = self._temporary(path) if self.local else path
         with self.fs.open_output_stream(target) as out:
             pq.write_table(table, out, compression="zstd")
@@ -243,7 +249,7 @@ class ResultsStore:
             self.fs.move(target, path)
 
     def _write_bytes(self, path: str, data: bytes) -> None:
-        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        self._ensure_dir(posixpath.dirname(path))
         target = self._temporary(path) if self.local else path
         with self.fs.open_output_stream(target) as out:
             out.write(data)

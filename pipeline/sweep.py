@@ -61,6 +61,8 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
     spec = load_spec(spec_path)  # validation comes first: a bad file writes nothing
     plan = make_plan(spec)
     out = out or default_out(spec)
+    if executor not in ("serial", "ray"):
+        raise ValueError(f"unknown executor {executor!r}; allowed: serial, ray")
     results = store.ResultsStore(out)
     manifest = results.prepare(spec, force=force)
     manifest["source"] = os.path.abspath(spec_path) if "://" not in spec_path else spec_path
@@ -68,13 +70,27 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
     inventory = results.inventory()
     results.quarantine(inventory.corrupt)
     already = inventory.run_ids & plan.run_ids
-    tasks = plan.tasks(frozenset(already), task_seconds=task_seconds)
-    entry = {"started": store.now(), "executor": executor, "planned": len(plan.runs),
-             "already_stored": len(already), "tasks": len(tasks),
-             "quarantined": [s.task_id for s in inventory.corrupt]}
-    todo = sum(len(t.runs) for t in tasks)
+    started_ray = executor == "ray" and executors.init_ray(address, num_cpus=num_cpus)
+    try:
+        # about four tasks per CPU, so that the workers stay busy to the end
+        min_tasks = 4 * executors.cluster_cpus() if executor == "ray" else 1
+        tasks = plan.tasks(frozenset(already), task_seconds=task_seconds, min_tasks=min_tasks)
+        entry = {"started": store.now(), "executor": executor, "planned": len(plan.runs),
+                 "already_stored": len(already), "tasks": len(tasks),
+                 "quarantined": [s.task_id for s in inventory.corrupt]}
+        computed, report, seconds = _execute(tasks, executor, results, manifest, entry,
+                                             spec.name, progress)
+    finally:
+        if started_ray:
+            executors.shutdown_ray()
+    return SweepOutcome(out=out, planned=len(plan.runs), already=len(already), computed=computed,
+                        tasks=len(tasks), failed=report.failed, seconds=seconds)
+
+
+def _execute(tasks, executor, results, manifest, entry, name, progress):
+    """Run the tasks, writing each result's shards as it completes; record the invocation."""
     # progress None: a bar on terminals only (tqdm's disable=None)
-    bar = tqdm(total=todo, unit="run", desc=spec.name,
+    bar = tqdm(total=sum(len(t.runs) for t in tasks), unit="run", desc=name,
                disable=None if progress is None else not progress, smoothing=0.1)
     computed = 0
 
@@ -85,21 +101,9 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
         bar.update(result.runs.num_rows)
 
     start = time.perf_counter()
-    report = executors.ExecutionReport()
     try:
-        if executor == "serial":
-            report = executors.run_serial(tasks, on_result)
-        elif executor == "ray":
-            started = executors.init_ray(address, num_cpus=num_cpus)
-            try:
-                report = executors.run_ray(tasks, on_result)
-            finally:
-                if started:
-                    import ray
-
-                    ray.shutdown()
-        else:
-            raise ValueError(f"unknown executor {executor!r}; allowed: serial, ray")
+        run = executors.run_serial if executor == "serial" else executors.run_ray
+        report = run(tasks, on_result)
     except KeyboardInterrupt:
         entry.update(finished=store.now(), computed=computed, interrupted=True)
         store.record_invocation(results, manifest, entry)
@@ -108,9 +112,7 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
         bar.close()
     entry.update(finished=store.now(), computed=computed, failed=report.failed)
     store.record_invocation(results, manifest, entry)
-    return SweepOutcome(out=out, planned=len(plan.runs), already=len(already), computed=computed,
-                        tasks=len(tasks), failed=report.failed,
-                        seconds=time.perf_counter() - start)
+    return computed, report, time.perf_counter() - start
 
 
 def status_text(out: str) -> tuple[str, bool]:

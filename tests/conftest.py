@@ -39,6 +39,21 @@ train: {{max_iters: {max_iters}, tol: 1.0e-8, checkpoints: 16}}
 """
 
 
+#: About a dozen tasks of a second or more each, for fault tests that act while tasks run.
+SLOW_SWEEP = """\
+name: slow
+seed: 1
+trials: 6
+problem: {M: 40, N: 100, sparsity: [3, 5], sign: nonneg}
+model: {depth: 2}
+init: {alpha: [0.1, 0.2, 0.4]}
+methods:
+  gd: {eta: 0.01}
+  wn: {eta: 0.01, eta_ratio: [0.1, 1.0]}
+train: {max_iters: 30000, tol: 0.0, checkpoints: 16}
+"""
+
+
 @pytest.fixture
 def make_sweep(tmp_path):
     """Write a small sweep file (2 s x 2 L x 2 init x 2 alpha x 5 method variants per trial)."""

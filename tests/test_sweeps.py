@@ -16,7 +16,7 @@ import pytest
 
 import analysis
 from pipeline import cli, plan, spec, store, sweep
-from tests.conftest import REPO
+from tests.conftest import REPO, SLOW_SWEEP
 
 METRICS = ["status", "iterations", "loss_final", "error_l1", "rel_error_l1", "error_truth",
            "l1_norm", "l1_gap", "r0", "r_final", "c_inf", "alpha_eff", "curve_iter", "curve_loss"]
@@ -147,18 +147,6 @@ def test_bad_sweep_file_through_the_real_command(tmp_path):
     assert not (tmp_path / "o").exists() and not (tmp_path / "results").exists()
 
 
-SLOW_SWEEP = """\
-name: slow
-seed: 1
-trials: 6
-problem: {M: 40, N: 100, sparsity: [3, 5], sign: nonneg}
-model: {depth: 2}
-init: {alpha: [0.1, 0.2, 0.4]}
-methods:
-  gd: {eta: 0.01}
-  wn: {eta: 0.01, eta_ratio: [0.1, 1.0]}
-train: {max_iters: 30000, tol: 0.0, checkpoints: 16}
-"""
 
 
 def _wait_for_shards(folder: Path, count: int, proc: subprocess.Popen, timeout: float) -> None:
