@@ -4,7 +4,7 @@ Each run is a GD or WN-GD run on a (M, N) = (40, 100) nonneg instance for 2,000 
 so no run stops early unless it diverges). Prints the wall time of each executor, runs/s and the
 speedup of Ray over serial; with 2 CPUs the ideal is 2.0. Ray's start-up (a few seconds, paid once
 per `wnsweep run`) is timed separately and left out of the speedup, which is about steady-state
-throughput. Usage: python benchmarks/sweep.py [--runs 10000] [--steps 2000] [--cpus 2]
+throughput; so are the workers' first imports (warmed up before timing). Usage: python benchmarks/sweep.py [--runs 10000] [--steps 2000] [--cpus 2]
 """
 
 from __future__ import annotations
@@ -37,6 +37,22 @@ train: {{max_iters: {steps}, tol: 0.0, checkpoints: 32}}
 RUNS_PER_TRIAL = 2 * 2 * 25 * 5  # sparsity x init x alpha x methods
 
 
+def _warm_up_workers(cpus: int) -> None:
+    """Start one worker per CPU and import the task code there (numpy, cvxpy, pyarrow: about two
+    seconds per process, paid once per worker for a whole sweep)."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def warm() -> int:
+        import pipeline.task  # noqa: F401
+
+        time.sleep(0.5)  # hold the CPU so that the next call starts another worker
+        return os.getpid()
+
+    pids = ray.get([warm.remote() for _ in range(cpus)])
+    assert len(set(pids)) == cpus, pids
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10_000)
@@ -56,6 +72,7 @@ def main() -> None:
                                  progress=False)
         t0 = time.perf_counter()
         executors.init_ray(None, num_cpus=args.cpus)
+        _warm_up_workers(args.cpus)
         ray_start = time.perf_counter() - t0
         try:
             ray_run = sweep.run_sweep(str(path), out=f"{tmp}/ray", executor="ray",
@@ -67,7 +84,7 @@ def main() -> None:
     for name, outcome in (("serial", serial), ("ray", ray_run)):
         print(f"{name:<10} {outcome.tasks:>6} {outcome.seconds:>8.1f} "
               f"{n_runs / outcome.seconds:>9.0f}")
-    print(f"\nRay start-up (not in the wall times above): {ray_start:.1f} s")
+    print(f"\nRay start-up and worker warm-up (not in the wall times above): {ray_start:.1f} s")
     print(f"speedup ray / serial: {serial.seconds / ray_run.seconds:.2f} "
           f"(ideal {args.cpus:.1f}; target >= {0.9 * args.cpus:.1f})")
     with_start = serial.seconds / (ray_run.seconds + ray_start)

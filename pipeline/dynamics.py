@@ -1,6 +1,6 @@
 """Batched GD and WN-GD on diagonal linear networks (MODEL.md, "Methods" and "Stopping and status").
 
-The update rules are small pure functions of arrays (``gd_step``, ``wn_step_sizes``, ``wn_step``);
+The update rules are small pure functions of arrays (``gd_step``, ``wn_tangential_rate``, ``wn_step``);
 ``run_batch`` is the loop around them. It advances many runs on one problem instance at once: the
 runs' weights are the rows of one (B, n) array, so the two products with A per step are
 matrix-matrix products, and everything else is row-wise. Rows may differ in method, depth, sign,
@@ -11,6 +11,7 @@ last-bit rounding of BLAS kernels, which may block differently for different bat
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -76,46 +77,36 @@ class RunResult:
 # --- update rules -------------------------------------------------------------------------------
 
 
-def gd_step(
-    w: np.ndarray, g: np.ndarray, eta: np.ndarray | float, out: np.ndarray | None = None
+def gd_step(w: np.ndarray, p: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """w_{k+1} = w_k - p, with p = eta grad f(w_k) the step. w, p: (..., n); ``out`` may be w."""
+    return np.subtract(w, p, out=out)
+
+
+def wn_tangential_rate(
+    eta: np.ndarray, r0: np.ndarray, r: np.ndarray, normalized: np.ndarray
 ) -> np.ndarray:
-    """w_{k+1} = w_k - eta * grad f(w_k).  w, g: (..., n); eta broadcasts against them.
-    ``out`` (may be ``w``) receives the result."""
-    return np.subtract(w, eta * g, out=out)
-
-
-def wn_step_sizes(
-    eta: np.ndarray, eta_ratio: np.ndarray, r0: np.ndarray, r: np.ndarray, normalized: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(eta_u, eta_r) per run: eta_u = eta / r_ref^2 with r_ref = r_0 (schedule constant) or r_k
-    (schedule normalized), and eta_r = eta~ * eta_u. All arguments have shape (B,)."""
+    """eta_u per run: eta / r_ref^2 with r_ref = r_0 (schedule constant) or r_k (normalized).
+    eta_r = eta~ eta_u. All arguments have shape (B,)."""
     r_ref = np.where(normalized, r, r0)
-    eta_u = eta / (r_ref * r_ref)
-    return eta_u, eta_ratio * eta_u
+    return eta / (r_ref * r_ref)
 
 
 def wn_step(
-    r: np.ndarray,
-    d: np.ndarray,
-    g: np.ndarray,
-    eta_u: np.ndarray,
-    eta_r: np.ndarray,
+    r: np.ndarray, d: np.ndarray, p: np.ndarray, eta_ratio: np.ndarray,
     out_d: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One WN-GD step in polar coordinates w = r d.
+    """One WN-GD step in polar coordinates w = r d, given p = eta_u r_k g, g = grad f(r_k d_k):
 
-        r_{k+1} = r_k - eta_r <d_k, g>
-        d_{k+1} = normalize(d_k - eta_u r_k (g - <d_k, g> d_k))
+        r_{k+1} = r_k - eta_r <d_k, g>                          = r_k - eta~ <d_k, p> / r_k
+        d_{k+1} = normalize(d_k - eta_u r_k (g - <d_k, g> d_k)) = normalize((1 + <d_k, p>) d_k - p)
 
-    r, eta_u, eta_r: (B,); d, g: (B, n), rows of d of unit norm; g = grad f(r d). ``out_d`` (may be
-    ``d``) receives d_{k+1}. The direction update is evaluated as
-    (1 + eta_u r_k <d_k, g>) d_k - eta_u r_k g, the same expression with one pass fewer.
+    (the right-hand forms use eta_r = eta~ eta_u). r, eta_ratio: (B,); d, p: (B, n), rows of d of
+    unit norm. ``out_d`` (may be ``d``) receives d_{k+1}.
     """
-    radial = np.vecdot(d, g)
-    r_next = r - eta_r * radial
-    scale = eta_u * r
-    d_next = np.multiply(d, (1.0 + scale * radial)[:, None], out=out_d)
-    d_next -= scale[:, None] * g
+    radial = np.vecdot(d, p)
+    r_next = r - eta_ratio * radial / r
+    d_next = np.multiply(d, (1.0 + radial)[:, None], out=out_d)
+    d_next -= p
     d_next /= np.sqrt(np.vecdot(d_next, d_next))[:, None]
     return r_next, d_next
 
@@ -123,11 +114,15 @@ def wn_step(
 # --- the loop -----------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
 def checkpoint_iterations(max_iters: int, checkpoints: int) -> np.ndarray:
-    """About ``checkpoints`` log-spaced iterations in [0, max_iters], always with 0 and max_iters."""
+    """About ``checkpoints`` log-spaced iterations in [0, max_iters], always with 0 and max_iters.
+    Cached: a read-only array."""
     grid = np.logspace(0.0, np.log10(max_iters), max(checkpoints - 1, 1))
     its = np.unique(np.rint(grid).astype(np.int64))
-    return np.unique(np.concatenate(([0, max_iters], its)))
+    out = np.unique(np.concatenate(([0, max_iters], its)))
+    out.flags.writeable = False
+    return out
 
 
 def run_batch(
@@ -207,12 +202,9 @@ class _Group:
             (*self.block_keys[self.code[start]], slice(start, stop))
             for start, stop in zip(bounds[:-1], bounds[1:])
         ]  # (method, depth, rows) with rows a slice
-        # a step shared by a whole block multiplies as a scalar (3x faster than a column)
-        self.block_eta = [
-            float(e[0]) if np.all(e == e[0]) else e[:, None]
-            for e in (self.eta[rows] for _, _, rows in self.blocks)
-        ]
         self.min_max_iters = int(self.max_iters.min()) if len(self.code) else 0
+        # "gd" sorts before "wn": the WN runs are the last rows
+        self.wn_rows = slice(int(np.count_nonzero(~self.is_wn)), len(self.code))
         B, (M, N) = self.W.shape[0], self.A.shape
         self.X = np.empty((B, N))  # (re)computed by _forward before any use
         self.C = np.empty((B, N))
@@ -229,19 +221,24 @@ class _Group:
         return 0.5 * np.vecdot(self.R, self.R)
 
     def _update(self) -> None:
-        """One step of every run, from the residuals in self.R."""
+        """One step of every run, from the residuals in self.R.
+
+        The per-run step size is folded into the residual rows before the backward product, so
+        that G holds the step itself: eta grad f (GD) or eta_u r_k grad f (WN)."""
+        wn = self.wn_rows
+        scale = self.eta.copy()
+        scale[wn] = wn_tangential_rate(self.eta[wn], self.r0[wn], self.r[wn],
+                                       self.normalized[wn]) * self.r[wn]
+        self.R *= scale[:, None]
         np.matmul(self.R, self.A, out=self.C)
-        for (method, depth, rows), eta in zip(self.blocks, self.block_eta):
+        for method, depth, rows in self.blocks:
             W, G = self.W[rows], self.G[rows]
             models.gradient(W, self.C[rows], depth, self.signed, out=G)
             if method == "gd":
-                gd_step(W, G, eta, out=W)
+                gd_step(W, G, out=W)
                 continue
-            r = self.r[rows]
-            eta_u, eta_r = wn_step_sizes(
-                self.eta[rows], self.eta_ratio[rows], self.r0[rows], r, self.normalized[rows]
-            )
-            r_next, d_next = wn_step(r, self.D[rows], G, eta_u, eta_r, out_d=self.D[rows])
+            r_next, d_next = wn_step(self.r[rows], self.D[rows], G, self.eta_ratio[rows],
+                                     out_d=self.D[rows])
             self.r[rows] = r_next
             np.multiply(d_next, r_next[:, None], out=W)
 

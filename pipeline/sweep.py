@@ -72,8 +72,8 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
     already = inventory.run_ids & plan.run_ids
     started_ray = executor == "ray" and executors.init_ray(address, num_cpus=num_cpus)
     try:
-        # about four tasks per CPU, so that the workers stay busy to the end
-        min_tasks = 4 * executors.cluster_cpus() if executor == "ray" else 1
+        # at least eight tasks per CPU, so that the last wave leaves little idle time
+        min_tasks = 8 * executors.cluster_cpus() if executor == "ray" else 1
         tasks = plan.tasks(frozenset(already), task_seconds=task_seconds, min_tasks=min_tasks)
         entry = {"started": store.now(), "executor": executor, "planned": len(plan.runs),
                  "already_stored": len(already), "tasks": len(tasks),

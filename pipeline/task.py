@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+from threadpoolctl import threadpool_limits
 
 from pipeline import dynamics, initialization, metrics, models, problems, reference, schema
 from pipeline.plan import InstanceKey, Run, Task
@@ -39,8 +40,16 @@ def load_problem(inst: InstanceKey, problem_bytes: bytes | None = None) -> probl
 
 
 def run_task(task: Task, problem_bytes: bytes | None = None, node: str | None = None) -> TaskResult:
-    """Compute every run of the task; ``node`` names the worker in the ``node`` column."""
-    node = node or socket.gethostname()
+    """Compute every run of the task; ``node`` names the worker in the ``node`` column.
+
+    BLAS runs single-threaded: the batched products are small enough that threads gain little,
+    and parallelism comes from running one task per CPU (threads competing with other tasks'
+    threads make OpenBLAS several times slower)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _run_task(task, problem_bytes, node or socket.gethostname())
+
+
+def _run_task(task: Task, problem_bytes: bytes | None, node: str) -> TaskResult:
     runs_by_instance: dict[str, list[Run]] = {}
     for run in task.runs:
         runs_by_instance.setdefault(run.instance_id, []).append(run)
