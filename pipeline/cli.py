@@ -52,12 +52,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import pyarrow as pa
+
+    from analysis.load import ResultsNotFoundError
     from pipeline.spec import SpecError
     from pipeline.store import StoreError
 
     try:
         return _dispatch(args)
-    except (SpecError, StoreError) as exc:
+    except (SpecError, StoreError, ResultsNotFoundError, ConnectionError) as exc:
+        print(f"wnsweep: error: {exc}", file=sys.stderr)
+        return 2
+    except pa.ArrowInvalid as exc:  # a malformed --out / results URI
         print(f"wnsweep: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,10 +25,12 @@ SCHEDULES = ("constant", "normalized")
 STATUSES = ("converged", "max_iters", "diverged")
 #: A run whose loss exceeds this multiple of its initial loss has diverged.
 DIVERGENCE_FACTOR = 1e6
-#: Every FLUSH_EVERY steps, trainable entries below FLUSH_POWER**(1/L) in magnitude are set to 0.
-#: Entries that the dynamics drive to zero decay geometrically; left alone they reach subnormal
-#: floats, where arithmetic is 10-100x slower. At the flush their contribution to x~ is below
-#: 1e-200, far below any loss tolerance, so the results are unchanged for every practical purpose.
+#: Every FLUSH_EVERY steps, entries below FLUSH_POWER**(1/L) in magnitude are set to 0: entries of
+#: w for GD, of the unit direction d for WN. Entries that the dynamics drive to zero decay
+#: geometrically; left alone they reach subnormal floats, where arithmetic is 10-100x slower. At
+#: the flush their contribution to x~ is below 1e-200 (times r^L for WN), far below any loss
+#: tolerance, so the results are unchanged for every practical purpose (tested against a plain
+#: loop that never flushes).
 FLUSH_EVERY = 8
 FLUSH_POWER = 1e-200
 
@@ -71,7 +73,7 @@ class RunResult:
     r_final: float | None  # WN only: r_T
     curve_iter: np.ndarray  # int64, increasing, starts at 0, ends at `iterations`
     curve_loss: np.ndarray  # float64, loss at curve_iter
-    seconds: float  # this run's share of its batch's wall time (by iterations)
+    seconds: float  # this run's share (by iterations) of the wall time of its batch's sign group
 
 
 # --- update rules -------------------------------------------------------------------------------

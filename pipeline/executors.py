@@ -8,6 +8,7 @@ instance file's bytes once through the object store. This is the only module tha
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.plan import Task
+from pipeline.spec import SpecError
 from pipeline.task import TaskResult, run_task
 
 #: Retries of a task whose worker process or node died (Ray's max_retries).
@@ -33,17 +35,25 @@ class ExecutionReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (task_id, error)
     seconds: float = 0.0
 
+    def fail(self, task: Task, exc: BaseException) -> None:
+        self.failed.append((task.task_id, f"{type(exc).__name__}: {exc}"))
+
 
 def _problem_bytes(tasks: Sequence[Task]) -> bytes | None:
-    files = {inst.problem_file for t in tasks for inst in t.instances if inst.problem_file}
+    """The user instance file's bytes (a sweep has at most one), checked against the hash its
+    run_ids were made with."""
+    files = {(i.problem_file, i.file_sha256) for t in tasks for i in t.instances if i.problem_file}
     if not files:
         return None
-    (path,) = files  # a sweep has at most one instance file
-    return Path(path).read_bytes()
+    ((path, sha256),) = files
+    data = Path(path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise SpecError(path, "problem.file", "the file changed after the sweep was validated; "
+                        "run the command again")
+    return data
 
 
-def run_serial(tasks: Sequence[Task], on_result: Callable[[TaskResult], None],
-               on_error: Callable[[Task, BaseException], None] | None = None) -> ExecutionReport:
+def run_serial(tasks: Sequence[Task], on_result: Callable[[TaskResult], None]) -> ExecutionReport:
     """Run every task in this process, in order (debugging, profiling, no Ray)."""
     report, start = ExecutionReport(), time.perf_counter()
     data = _problem_bytes(tasks)
@@ -52,9 +62,7 @@ def run_serial(tasks: Sequence[Task], on_result: Callable[[TaskResult], None],
         try:
             result = run_task(task, data, node=node)
         except Exception as exc:  # a bug or a bad instance: record it, go on with the others
-            report.failed.append((task.task_id, f"{type(exc).__name__}: {exc}"))
-            if on_error:
-                on_error(task, exc)
+            report.fail(task, exc)
             continue
         on_result(result)
         report.completed += 1
@@ -71,7 +79,8 @@ def _ray_task(task: Task, data: bytes | None) -> TaskResult:
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     """Connect to Ray: an existing cluster (``address`` or RAY_ADDRESS), else a new local
-    instance. Returns True when this call started Ray (and so should shut it down)."""
+    instance. Returns True when this call started Ray (and so should shut it down). Raises
+    ConnectionError when the cluster cannot be reached."""
     import ray
 
     if ray.is_initialized():
@@ -83,7 +92,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
         kwargs["num_cpus"] = num_cpus
     # the workers import this package from the installed distribution; on a cluster set
     # up by cluster.yaml it is installed on every node
-    ray.init(address=address, **kwargs)
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as exc:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
     return True
 
 
@@ -101,7 +113,6 @@ def shutdown_ray() -> None:
 
 
 def run_ray(tasks: Sequence[Task], on_result: Callable[[TaskResult], None],
-            on_error: Callable[[Task, BaseException], None] | None = None,
             max_in_flight: int | None = None) -> ExecutionReport:
     """Run the tasks as Ray tasks on the Ray instance this process is connected to."""
     import ray
@@ -124,11 +135,8 @@ def run_ray(tasks: Sequence[Task], on_result: Callable[[TaskResult], None],
                 task = in_flight.pop(ref)
                 try:
                     result = ray.get(ref)
-                except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError,
-                        ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as exc:
-                    report.failed.append((task.task_id, f"{type(exc).__name__}: {exc}"))
-                    if on_error:
-                        on_error(task, exc)
+                except ray.exceptions.RayError as exc:  # an exception in the task, or retries
+                    report.fail(task, exc)  # exhausted (worker, node or memory failures)
                     continue
                 on_result(result)
                 report.completed += 1

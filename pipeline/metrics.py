@@ -11,8 +11,10 @@ def c_inf(r0: float, r_final: float, eta_ratio: float) -> float:
 
 
 def alpha_eff(alpha: float, c: float) -> float:
-    """The initialization scale of the plain GD flow with WN-GD's limit: alpha * exp(-C_inf)."""
-    return float(alpha * np.exp(-c))
+    """The initialization scale of the plain GD flow with WN-GD's limit: alpha * exp(-C_inf).
+    inf when the norm shrank by so much that exp(-C_inf) overflows."""
+    with np.errstate(over="ignore"):
+        return float(alpha * np.exp(-c))
 
 
 def solution_metrics(

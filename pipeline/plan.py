@@ -32,7 +32,7 @@ _SIGN_CODE = {"nonneg": 0, "signed": 1}
 STEP_OVERHEAD_SECONDS = 1.5e-4
 EFFECTIVE_FLOPS = 1.0e10
 BP_SECONDS = 0.05
-#: Default wall time a task aims at, and the most runs one engine call holds at once.
+#: Default wall time a task aims at (estimated by the cost model above).
 TASK_SECONDS = 20.0
 
 
@@ -199,6 +199,8 @@ def make_plan(spec: SweepSpec) -> Plan:
                         max_iters=int(max_iters), tol=float(tol),
                         checkpoints=int(spec.train.checkpoints),
                     ))
+    if len({r.run_id for r in runs}) != len(runs):  # spec validation rules this out
+        raise AssertionError("two runs of the sweep share a run_id")
     return Plan(spec=spec, instances=tuple(instances), runs=tuple(runs))
 
 

@@ -74,8 +74,6 @@ INSTANCES_SCHEMA = pa.schema(
     ]
 )
 
-RUN_STATUSES = ("converged", "max_iters", "diverged")
-
 
 def with_metadata(schema: pa.Schema, metadata: dict[bytes, bytes]) -> pa.Schema:
     """``schema`` with ``metadata`` merged into its key-value metadata."""

@@ -197,6 +197,11 @@ def _describe(v: Any) -> str:
     return repr(v)
 
 
+def _identity(v: Any) -> Any:
+    """How a value enters run ids (pipeline.plan): floats to 12 significant digits."""
+    return format(v, ".12g") if isinstance(v, float) else v
+
+
 def _fmt(v: Any) -> str:
     return repr(v) if isinstance(v, str) else str(v)
 
@@ -303,9 +308,10 @@ class _Validator:
                                     f"got {_describe(v)}")
             else:
                 v = self.number(v, field, integer=(kind == "int"), generated=generated)
-            if v in out:
-                raise self.fail(field, f"duplicate value {_fmt(v)} in the axis "
-                                "(it would repeat runs)")
+            if _identity(v) in {_identity(u) for u in out}:
+                raise self.fail(field, f"duplicate value {_fmt(v)} in the axis (equal to "
+                                "12 significant digits, the precision of run ids: it would "
+                                "repeat runs)")
             out.append(v)
         for v in out:
             if (gt is not None and not v > gt) or (ge is not None and not v >= ge):

@@ -5,8 +5,8 @@ Layout: ``sweep.yaml``, ``manifest.json``, ``runs/part-<task>.parquet``,
 pyarrow understands (a local path, ``file://``, ``s3://``, ...) works.
 
 Atomicity. A shard is written whole or not at all: on local disks under a hidden temporary name,
-then renamed; on object stores straight to its final key, which becomes visible only when the
-upload completes. The instances shard of a task is written before its runs shard, and a run counts
+then renamed; on object stores it is encoded in memory first and then uploaded to its final key in
+one write, so an interruption falls before the upload starts or after it has completed. The instances shard of a task is written before its runs shard, and a run counts
 as stored only when a runs shard holding it reads back whole, so a killed driver can leave at most
 a hidden temporary file or an unreferenced instances shard, both harmless.
 """
@@ -114,7 +114,7 @@ class ResultsStore:
         with self.fs.open_input_stream(self.path("manifest.json")) as f:
             return json.loads(f.read().decode())
 
-    def prepare(self, spec: SweepSpec, force: bool = False) -> dict:
+    def prepare(self, spec: SweepSpec, force: bool = False, source: str | None = None) -> dict:
         """Check that this folder may take ``spec``'s runs and (re)write sweep.yaml and the
         manifest. Refuses a folder written by a different spec for the same run_ids unless
         ``force``, which discards the folder's previous results first."""
@@ -142,6 +142,7 @@ class ResultsStore:
             "libraries": library_versions(),
             "python": platform.python_version(),
             "host": socket.gethostname(),
+            "source": source,  # the sweep file as run, to re-plan it for `wnsweep status`
         })
         self._write_bytes(self.path("sweep.yaml"), spec.text.encode())
         self.write_manifest(manifest)
@@ -155,12 +156,10 @@ class ResultsStore:
 
     def write_task(self, task_id: str, runs: pa.Table, instances: pa.Table) -> None:
         """Write a task's instances shard, then its runs shard, each atomically."""
-        extra = {schema.META_VERSION: __version__.encode(),
-                 schema.META_ROWS: str(runs.num_rows).encode()}
-        self._write_table(self.shard_path(INSTANCES_DIR, task_id),
-                          instances.replace_schema_metadata({**instances.schema.metadata, **extra}))
-        self._write_table(self.shard_path(RUNS_DIR, task_id),
-                          runs.replace_schema_metadata({**runs.schema.metadata, **extra}))
+        for kind, table in ((INSTANCES_DIR, instances), (RUNS_DIR, runs)):
+            meta = {**table.schema.metadata, schema.META_VERSION: __version__.encode(),
+                    schema.META_ROWS: str(table.num_rows).encode()}
+            self._write_table(self.shard_path(kind, task_id), table.replace_schema_metadata(meta))
 
     def inventory(self) -> Inventory:
         """Read every shard's run_ids, checking that each reads back whole."""
@@ -171,7 +170,7 @@ class ResultsStore:
                 inv.shards.append(ShardStatus(task_id, "orphan-instances",
                                               detail="no runs shard (an interrupted write)"))
                 continue
-            problem = self._check(instances.get(task_id), schema.INSTANCES_SCHEMA, "instance_id")
+            problem = self._check(instances.get(task_id), schema.INSTANCES_SCHEMA)
             if task_id not in instances:
                 inv.shards.append(ShardStatus(task_id, "missing-instances",
                                               detail="its instances shard is missing"))
@@ -229,26 +228,24 @@ class ResultsStore:
         except (OSError, pa.ArrowException) as exc:
             return set(), f"unreadable: {exc}"
 
-    def _check(self, path: str | None, expected: pa.Schema, column: str) -> str:
+    def _check(self, path: str | None, expected: pa.Schema) -> str:
         if path is None:
             return ""
         try:
             with self.fs.open_input_file(path) as f:
                 pf = pq.ParquetFile(f)
-                pf.read(columns=[column])
+                pf.read()  # every page, so that a damaged one shows up here
                 return _schema_problem(pf.schema_arrow, expected)
         except (OSError, pa.ArrowException) as exc:
             return f"instances shard unreadable: {exc}"
 
     def _write_table(self, path: str, table: pa.Table) -> None:
-        self._ensure_dir(posixpath.dirname(path))
-        target = self._temporary(path) if self.local else path
-        with self.fs.open_output_stream(target) as out:
-            pq.write_table(table, out, compression="zstd")
-        if target != path:
-            self.fs.move(target, path)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression="zstd")
+        self._write_bytes(path, buffer.getvalue())
 
-    def _write_bytes(self, path: str, data: bytes) -> None:
+    def _write_bytes(self, path: str, data: bytes | pa.Buffer) -> None:
+        """Write a whole file atomically (see the module docstring)."""
         self._ensure_dir(posixpath.dirname(path))
         target = self._temporary(path) if self.local else path
         with self.fs.open_output_stream(target) as out:

@@ -57,21 +57,22 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
               address: str | None = None, force: bool = False, progress: bool | None = None,
               num_cpus: int | None = None, task_seconds: float = TASK_SECONDS) -> SweepOutcome:
     """Run (or resume) a sweep into ``out`` (default results/<name>). Raises SpecError on a bad
-    sweep file and StoreError on an unusable output folder, before anything is written."""
+    sweep file, StoreError on an unusable output folder and ConnectionError when the Ray cluster
+    cannot be reached, before anything is written."""
     spec = load_spec(spec_path)  # validation comes first: a bad file writes nothing
     plan = make_plan(spec)
     out = out or default_out(spec)
     if executor not in ("serial", "ray"):
         raise ValueError(f"unknown executor {executor!r}; allowed: serial, ray")
     results = store.ResultsStore(out)
-    manifest = results.prepare(spec, force=force)
-    manifest["source"] = os.path.abspath(spec_path) if "://" not in spec_path else spec_path
-    results.clean_temporaries()
-    inventory = results.inventory()
-    results.quarantine(inventory.corrupt)
-    already = inventory.run_ids & plan.run_ids
     started_ray = executor == "ray" and executors.init_ray(address, num_cpus=num_cpus)
     try:
+        source = os.path.abspath(spec_path) if "://" not in spec_path else spec_path
+        manifest = results.prepare(spec, force=force, source=source)
+        results.clean_temporaries()
+        inventory = results.inventory()
+        results.quarantine(inventory.corrupt)
+        already = inventory.run_ids & plan.run_ids
         # at least eight tasks per CPU, so that the last wave leaves little idle time
         min_tasks = 8 * executors.cluster_cpus() if executor == "ray" else 1
         tasks = plan.tasks(frozenset(already), task_seconds=task_seconds, min_tasks=min_tasks)
@@ -130,15 +131,18 @@ def status_text(out: str) -> tuple[str, bool]:
         lines.append(f"  part-{shard.task_id}  {shard.state:<16} {shard.runs:>7} runs{detail}")
     corrupt = inventory.corrupt
     done = len(inventory.run_ids)
+    if inventory.duplicates:
+        lines.append(f"{inventory.duplicates} run_ids are stored in more than one shard "
+                     "(two runs into one folder at once?); analysis.load keeps one copy")
     if plan is not None:
         missing = len(plan.run_ids - inventory.run_ids)
         lines.append(f"done {done} / {len(plan.runs)} runs, missing {missing}, "
                      f"corrupt shards {len(corrupt)}")
-        healthy = missing == 0 and not corrupt
+        healthy = missing == 0 and not corrupt and not inventory.duplicates
     else:
         lines.append(f"done {done} runs (planned count unknown: the sweep file could not be "
                      f"re-read), corrupt shards {len(corrupt)}")
-        healthy = not corrupt
+        healthy = not corrupt and not inventory.duplicates
     if not healthy:
         lines.append("rerun `wnsweep run` with the same sweep file and --out to complete it")
     return "\n".join(lines), healthy

@@ -198,3 +198,83 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_completes(make_sweep, tmp_path):
     assert not inventory.corrupt and 0 < len(inventory.run_ids)
     manifest = store.ResultsStore(str(out)).read_manifest()
     assert manifest["invocations"][-1]["interrupted"] is True
+
+
+def test_status_flags_a_run_stored_twice(make_sweep, tmp_path, capsys):
+    path = make_sweep(trials=1)
+    out = tmp_path / "out"
+    sweep.run_sweep(str(path), out=str(out), executor="serial", progress=False)
+    for kind in ("runs", "instances"):
+        (shard,) = (out / kind).glob("part-*.parquet")
+        (out / kind / "part-0000000000000000.parquet").write_bytes(shard.read_bytes())
+    assert cli.main(["status", str(out)]) == 1
+    assert "80 run_ids are stored in more than one shard" in capsys.readouterr().out
+
+
+def test_a_damaged_instances_shard_sends_its_runs_back(make_sweep, tmp_path, capsys):
+    path = make_sweep(trials=1)
+    out = tmp_path / "out"
+    sweep.run_sweep(str(path), out=str(out), executor="serial", progress=False,
+                    task_seconds=0.01)
+    victim = sorted((out / "instances").glob("part-*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])
+    assert cli.main(["status", str(out)]) == 1
+    assert f"{victim.stem}  corrupt" in capsys.readouterr().out
+    again = sweep.run_sweep(str(path), out=str(out), executor="serial", progress=False,
+                            task_seconds=0.01)
+    assert again.computed == 40 and len(stored_runs(out)) == 80
+
+
+def test_report_of_a_missing_folder_exits_2(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path / "nothing")]) == 2
+    assert "nothing" in capsys.readouterr().err
+
+
+USER_INSTANCE = """\
+name: user-instance
+seed: 2
+trials: 2
+problem: {file: inst.npz, sign: signed}
+model: {depth: 2}
+init: {scheme: random, alpha: [0.05, 0.2]}
+methods:
+  gd: {eta: 0.02}
+  wn: {eta: 0.02, eta_ratio: 0.1, schedule: normalized}
+train: {max_iters: 300, tol: 1.0e-10}
+"""
+
+
+def _user_instance(folder: Path) -> Path:
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((10, 25)) / np.sqrt(10)
+    x_star = np.zeros(25)
+    x_star[[3, 17]] = [1.0, -0.7]
+    np.savez(folder / "inst.npz", A=A, b=A @ x_star, x_star=x_star)
+    path = folder / "user.yaml"
+    path.write_text(USER_INSTANCE)
+    return path
+
+
+def test_user_instance_file_through_ray_and_serial(ray_local, tmp_path):
+    path = _user_instance(tmp_path)
+    for executor in ("serial", "ray"):
+        sweep.run_sweep(str(path), out=str(tmp_path / executor), executor=executor,
+                        progress=False)
+    a, b = stored_runs(tmp_path / "serial"), stored_runs(tmp_path / "ray")
+    assert len(a) == len(b) == 8 and a.run_id.is_unique
+    for column in METRICS:
+        assert a[column].equals(b[column]), column
+    assert set(a.problem_file) == {str(tmp_path / "inst.npz")} and set(a.s) == {2}
+    assert a.trial.nunique() == 2 and a.instance_id.nunique() == 2  # same A, two random inits
+    assert a.groupby("trial").error_truth.min().notna().all()
+
+
+def test_an_instance_file_changed_after_validation_is_refused(tmp_path):
+    from pipeline import executors
+
+    path = _user_instance(tmp_path)
+    tasks = plan.make_plan(spec.load_spec(path)).tasks()
+    with np.load(tmp_path / "inst.npz") as data:
+        np.savez(tmp_path / "inst.npz", A=data["A"], b=2 * data["b"], x_star=2 * data["x_star"])
+    with pytest.raises(spec.SpecError, match="problem.file: the file changed"):
+        executors.run_serial(tasks, on_result=lambda result: None)

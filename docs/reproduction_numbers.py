@@ -1,0 +1,120 @@
+"""Print the numbers docs/REPRODUCTION.md quotes, from the results of the claim sweeps, and copy
+small versions of their figures to docs/figures/.
+
+    for s in quickstart claim1-alpha claim2-loss claim3-eta-ratio claim4-depth claim5-signed \
+             robustness; do wnsweep run sweeps/$s.yaml && wnsweep report results/$s; done
+    python docs/reproduction_numbers.py            # reads results/<name>, writes docs/figures/
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import analysis  # noqa: E402
+
+RESULTS, FIGURES = ROOT / "results", ROOT / "docs" / "figures"
+RECOVERED = 1e-3  # rel_error_l1 threshold, as in the report
+
+
+def load(name: str) -> pd.DataFrame:
+    return analysis.load(str(RESULTS / name))
+
+
+def ratio_table(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Median and geometric mean of the paired ratio error(GD)/error(WN-GD) per cell of ``by``."""
+    r = analysis.paired_ratios(runs)
+    r = r[r.dropped.isna()]
+    return r.groupby(by).ratio.agg(
+        n="size", median="median", gmean=lambda x: float(np.exp(np.log(x).mean()))).reset_index()
+
+
+def recovery_table(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    runs = runs.assign(recovered=(runs.rel_error_l1 <= RECOVERED) & (runs.status != "diverged"),
+                       eta_ratio=runs.eta_ratio.fillna(0.0))
+    return runs.groupby(by).agg(
+        n=("run_id", "size"), median_rel_error=("rel_error_l1", "median"),
+        recovery=("recovered", "mean"), diverged=("status", lambda s: (s == "diverged").mean()),
+    ).reset_index()
+
+
+def show(title: str, frame: pd.DataFrame) -> None:
+    print(f"\n## {title}\n")
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+
+
+def copy_figures(name: str, stems: list[str], max_side: int = 800) -> None:
+    """Small copies (at most ``max_side`` pixels a side) of a report's PNGs, for the docs."""
+    from PIL import Image
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        for png in sorted((RESULTS / name / "report").glob(f"{stem}*.png")):
+            with Image.open(png) as image:
+                image.thumbnail((max_side, max_side))
+                small = image.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE)
+                small.save(FIGURES / f"{name}__{png.name}", optimize=True)
+
+
+def main() -> None:
+    done = [n for n in ("quickstart", "claim1-alpha", "claim2-loss", "claim3-eta-ratio",
+                        "claim4-depth", "claim5-signed", "robustness")
+            if (RESULTS / n / "manifest.json").exists()]
+    print("results found:", ", ".join(done))
+    if "quickstart" in done:
+        q = load("quickstart")
+        show("quickstart: paired ratio GD/WN by alpha and eta~",
+             ratio_table(q, ["eta_ratio", "alpha"]))
+        copy_figures("quickstart", ["error_vs_alpha", "phase_alpha_eta"])
+    if "claim1-alpha" in done:
+        c = load("claim1-alpha")
+        show("claim 1: recovery (rel_error_l1 <= 1e-3) by method, eta~ and alpha (random init)",
+             recovery_table(c, ["method", "eta_ratio", "alpha"]))
+        show("claim 1: paired ratio at each alpha", ratio_table(c, ["eta_ratio", "alpha"]))
+        copy_figures("claim1-alpha", ["error_vs_alpha"])
+    if "claim2-loss" in done:
+        c = load("claim2-loss")
+        c = c.assign(eta_ratio=c.eta_ratio.fillna(0.0), schedule=c.schedule.fillna("-"))
+        table = c.groupby(["alpha", "method", "schedule", "eta_ratio"]).agg(
+            n=("run_id", "size"), converged=("status", lambda s: (s == "converged").mean()),
+            median_iterations=("iterations", "median"), median_loss=("loss_final", "median"),
+            median_rel_error=("rel_error_l1", "median")).reset_index()
+        show("claim 2: convergence to tol = 1e-12 (max 200,000 iterations)", table)
+        copy_figures("claim2-loss", ["loss_curves"])
+    if "claim3-eta-ratio" in done:
+        c = load("claim3-eta-ratio")
+        show("claim 3: median rel. error by eta~ and alpha",
+             recovery_table(c, ["alpha", "method", "eta_ratio"]))
+        show("claim 3: paired ratio by eta~ and alpha", ratio_table(c, ["alpha", "eta_ratio"]))
+        copy_figures("claim3-eta-ratio", ["phase_alpha_eta"])
+    if "claim4-depth" in done:
+        c = load("claim4-depth")
+        show("claim 4: recovery by depth, method, eta~ and alpha",
+             recovery_table(c, ["L", "method", "eta_ratio", "alpha"]))
+        show("claim 4: paired ratio by depth", ratio_table(c, ["L", "eta_ratio", "alpha"]))
+        copy_figures("claim4-depth", ["error_vs_alpha"])
+    if "claim5-signed" in done:
+        c = load("claim5-signed")
+        show("claim 5 (signed): recovery by method, eta~ and alpha",
+             recovery_table(c, ["method", "eta_ratio", "alpha"]))
+        show("claim 5: paired ratio", ratio_table(c, ["eta_ratio", "alpha"]))
+        copy_figures("claim5-signed", ["error_vs_alpha"])
+    if "robustness" in done:
+        c = load("robustness")
+        rec = recovery_table(c, ["L", "method", "eta_ratio", "s", "alpha"])
+        cells = rec.assign(recovers=rec.recovery >= 0.5).groupby(
+            ["L", "method", "eta_ratio"]).recovers.agg(cells="size", recovering="sum")
+        show("robustness: (s, alpha) cells where >= 50% of trials recover", cells.reset_index())
+        show("robustness: median paired ratio by L and eta~ (all s, alpha)",
+             ratio_table(c, ["L", "eta_ratio"]))
+        copy_figures("robustness", ["phase_alpha_s", "recovery_alpha_s"])
+
+
+if __name__ == "__main__":
+    main()
