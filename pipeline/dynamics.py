@@ -22,7 +22,6 @@ from pipeline import models
 
 METHODS = ("gd", "wn")
 SCHEDULES = ("constant", "normalized")
-STATUSES = ("converged", "max_iters", "diverged")
 #: A run whose loss exceeds this multiple of its initial loss has diverged.
 DIVERGENCE_FACTOR = 1e6
 #: Every FLUSH_EVERY steps, entries below FLUSH_POWER**(1/L) in magnitude are set to 0: entries of

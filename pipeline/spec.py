@@ -42,14 +42,15 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipeline.dynamics import SCHEDULES
+from pipeline.initialization import SCHEMES
+from pipeline.models import SIGNS
+
 __all__ = ["SpecError", "ProblemSpec", "MethodSpec", "TrainSpec", "SweepSpec", "load_spec",
            "parse_spec"]
 
 _NAME_RE = re.compile(r"[a-z0-9._-]+")
 _MAX_AXIS = 100_000  # a logspace/linspace longer than this is surely a typo
-SIGNS = ("nonneg", "signed")
-SCHEMES = ("constant", "random")
-SCHEDULES = ("constant", "normalized")
 METHOD_KEYS = {"gd": ("eta",), "wn": ("eta", "eta_ratio", "schedule")}
 _TOP_KEYS = ("name", "description", "seed", "trials", "problem", "model", "init", "methods",
              "train", "reference", "output")
