@@ -285,7 +285,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
           "eta per shape: " + ", ".join(f"({M},{N}): {eta}" for M, N, _, eta in SHAPES))
     print(f"engine: best of {args.repeats}; naive: best of as many passes over a subset of each batch "
           "(runs/s = subset size / its time; a naive run's cost does not depend on B)")
-    print(f"GFLOP/s count 4*M*N flops per run-step; 'matmul' = bare np.matmul (B,N)@(N,M) + "
+    print("GFLOP/s count 4*M*N flops per run-step; 'matmul' = bare np.matmul (B,N)@(N,M) + "
           "(B,M)@(M,N) in this process\n")
 
     header = (f"{'M':>4} {'N':>5} {'B':>5} | {'engine runs/s':>13} {'naive runs/s':>12} "
