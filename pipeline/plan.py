@@ -28,9 +28,10 @@ from pipeline.spec import SweepSpec
 
 _SIGN_CODE = {"nonneg": 0, "signed": 1}
 
-#: Cost model of the batched engine, per step of a batch: fixed overhead plus the useful flops.
-STEP_OVERHEAD_SECONDS = 1.5e-4
-EFFECTIVE_FLOPS = 1.0e10
+#: Cost model of the batched engine, per step of a batch: fixed overhead plus the useful flops
+#: (benchmarks/engine.py measures 16-24 GFLOP/s at batches of 256-1024 runs on one core).
+STEP_OVERHEAD_SECONDS = 1.0e-4
+EFFECTIVE_FLOPS = 2.0e10
 BP_SECONDS = 0.05
 #: Default wall time a task aims at (estimated by the cost model above).
 TASK_SECONDS = 20.0

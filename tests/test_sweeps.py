@@ -33,10 +33,10 @@ def planned_ids(path) -> set[str]:
 def test_ray_and_serial_give_identical_results(ray_local, make_sweep, tmp_path):
     path = make_sweep()
     serial = sweep.run_sweep(str(path), out=str(tmp_path / "serial"), executor="serial",
-                             progress=False, task_seconds=0.2)
+                             progress=False, task_seconds=0.1)
     ray_run = sweep.run_sweep(str(path), out=str(tmp_path / "ray"), executor="ray",
-                              progress=False, task_seconds=0.2)
-    assert serial.tasks == ray_run.tasks > 1
+                              progress=False, task_seconds=0.1)
+    assert serial.tasks > 1 and ray_run.tasks > 1  # groupings may differ; results may not
     a, b = stored_runs(tmp_path / "serial"), stored_runs(tmp_path / "ray")
     assert len(a) == len(b) == serial.planned == 160
     assert set(a.run_id) == planned_ids(path) and a.run_id.is_unique
