@@ -161,7 +161,7 @@ def write_report(
     res = ReportResult(out_dir=out, n_runs=len(runs),
                        skipped_shards=list(runs.attrs.get("skipped_shards", [])))
 
-    entries: list[tuple[str, str, str]] = []  # (title, png name, pdf name)
+    jobs: list[tuple[str, str, Callable, dict, pd.DataFrame]] = []  # (label, stem, fn, kw, data)
     for name, title, fn, checks in FIGURES:
         kwargs = {"threshold": threshold} if fn is plots.plot_recovery_heatmaps else {}
         reason = next((r for r in (c(runs) for c in checks) if r), None)
@@ -174,20 +174,16 @@ def write_report(
             if reason:
                 res.skipped[label] = reason
                 continue
-            try:
-                fig = fn(part, **kwargs)
-            except Exception as exc:  # one bad figure must not sink the report
-                warnings.warn(f"figure {label!r} failed: {exc!r}", stacklevel=2)
-                res.skipped[label] = f"failed: {exc}"
-                continue
-            stem = name + _slug(fixed)
-            for ext in ("png", "pdf"):
-                path = out / f"{stem}.{ext}"
-                fig.savefig(path, dpi=150 if ext == "png" else None)
-                res.figures.append(path)
-                # the layout is settled by the first save: the second format reuses it
-                fig.set_layout_engine("none")
-            entries.append((label, f"{stem}.png", f"{stem}.pdf"))
+            jobs.append((label, name + _slug(fixed), fn, kwargs, part))
+
+    entries: list[tuple[str, str, str]] = []  # (title, png name, pdf name)
+    for (label, stem, *_), error in zip(jobs, _render_all(jobs, out)):
+        if error:  # one bad figure must not sink the report
+            warnings.warn(f"figure {label!r} failed: {error}", stacklevel=2)
+            res.skipped[label] = f"failed: {error}"
+            continue
+        res.figures += [out / f"{stem}.png", out / f"{stem}.pdf"]
+        entries.append((label, f"{stem}.png", f"{stem}.pdf"))
 
     summary = summary_table(runs, threshold)
     res.n_cells = len(summary)
@@ -202,6 +198,40 @@ def write_report(
     res.index = out / "index.html"
     res.index.write_text(_index_html(results, runs, summary, entries, res, threshold))
     return res
+
+
+# ----------------------------------------------------------------------------- rendering
+#: Reports with at least this many figures are drawn by one process per CPU (a figure takes about
+#: a second to lay out and save; a worker process takes about two to start).
+PARALLEL_FROM = 6
+
+
+def _render(job: tuple[str, str, Callable, dict, pd.DataFrame], out: Path) -> str | None:
+    """Draw one figure and save it as PNG and PDF; returns an error message or None."""
+    label, stem, fn, kwargs, part = job
+    try:
+        fig = fn(part, **kwargs)
+        for ext in ("png", "pdf"):
+            fig.savefig(out / f"{stem}.{ext}", dpi=150 if ext == "png" else None)
+            # the layout is settled by the first save: the second format reuses it
+            fig.set_layout_engine("none")
+    except Exception as exc:
+        return repr(exc)
+    return None
+
+
+def _render_all(jobs: list, out: Path) -> list[str | None]:
+    """Render every job, in processes when there are many; results in job order."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if len(jobs) < PARALLEL_FROM or workers < 2:
+        return [_render(job, out) for job in jobs]
+    # spawn, not fork: the caller may hold threads (Ray, gRPC) that must not be forked
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_render, jobs, [out] * len(jobs)))
 
 
 # ----------------------------------------------------------------------------- index.html
