@@ -131,7 +131,7 @@ class ResultsStore:
                     self.fs.delete_dir(self.path(kind))
             manifest = None
         self._ensure_dir(self.root)
-        manifest = manifest or {"created": _now(), "invocations": []}
+        manifest = manifest or {"created": now(), "invocations": []}
         manifest.update({
             "sweep": spec.name,
             "spec_hash": spec.spec_hash,
@@ -285,7 +285,8 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
-def _now() -> str:
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -317,5 +318,3 @@ def record_invocation(store: ResultsStore, manifest: dict, entry: dict) -> None:
     manifest.setdefault("invocations", []).append(entry)
     store.write_manifest(manifest)
 
-
-now = _now

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from pipeline import executors, store
-from pipeline.plan import TASK_SECONDS, Plan, make_plan, summarize
+from pipeline.plan import TASK_SECONDS, Plan, Task, make_plan, summarize
 from pipeline.spec import SweepSpec, load_spec, parse_spec
 from pipeline.task import TaskResult
 
@@ -88,8 +88,11 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
                         tasks=len(tasks), failed=report.failed, seconds=seconds)
 
 
-def _execute(tasks, executor, results, manifest, entry, name, progress):
-    """Run the tasks, writing each result's shards as it completes; record the invocation."""
+def _execute(tasks: list[Task], executor: str, results: store.ResultsStore, manifest: dict,
+             entry: dict, name: str, progress: bool | None
+             ) -> tuple[int, executors.ExecutionReport, float]:
+    """Run the tasks, writing each result's shards as it completes, and record the invocation
+    (``entry``) in the manifest. Returns (runs computed, the executor's report, seconds)."""
     # progress None: a bar on terminals only (tqdm's disable=None)
     bar = tqdm(total=sum(len(t.runs) for t in tasks), unit="run", desc=name,
                disable=None if progress is None else not progress, smoothing=0.1)
