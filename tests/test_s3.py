@@ -95,7 +95,7 @@ def test_sweep_to_s3_resume_status_and_load(s3, make_sweep, capsys):
     out = uri("sweeps/tiny")
 
     first = sweep.run_sweep(str(path), out=out, executor="serial", progress=False,
-                            task_seconds=0.2)
+                            task_seconds=0.01)  # one task per instance
     assert first.planned == first.computed == 80 and first.tasks > 1 and not first.failed
 
     keys = _keys(client, "sweeps/tiny")
