@@ -48,6 +48,7 @@ class ShardStatus:
     state: str  # done | corrupt | missing-instances | orphan-instances
     runs: int = 0
     detail: str = ""
+    version: str = ""  # the wnsweep version that wrote the runs shard
 
 
 @dataclass
@@ -61,6 +62,11 @@ class Inventory:
     @property
     def corrupt(self) -> list[ShardStatus]:
         return [s for s in self.shards if s.state not in ("done", "orphan-instances")]
+
+    @property
+    def versions(self) -> set[str]:
+        """The wnsweep versions that wrote the valid runs shards."""
+        return {s.version for s in self.shards if s.state == "done"}
 
 
 def compat_fingerprint(spec: SweepSpec) -> str:
@@ -175,14 +181,14 @@ class ResultsStore:
                 inv.shards.append(ShardStatus(task_id, "missing-instances",
                                               detail="its instances shard is missing"))
                 continue
-            ids, problem_runs = self._run_ids(runs[task_id])
+            ids, problem_runs, version = self._run_ids(runs[task_id])
             problem = problem_runs or problem
             if problem:
                 inv.shards.append(ShardStatus(task_id, "corrupt", detail=problem))
                 continue
             inv.duplicates += len(inv.run_ids & ids)
             inv.run_ids |= ids
-            inv.shards.append(ShardStatus(task_id, "done", runs=len(ids)))
+            inv.shards.append(ShardStatus(task_id, "done", runs=len(ids), version=version))
         return inv
 
     def quarantine(self, statuses: list[ShardStatus]) -> None:
@@ -210,23 +216,26 @@ class ResultsStore:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _run_ids(self, path: str) -> tuple[set[str], str]:
+    def _run_ids(self, path: str) -> tuple[set[str], str, str]:
+        """(run_ids, problem or "", writer version) of one runs shard."""
         try:
             with self.fs.open_input_file(path) as f:
                 pf = pq.ParquetFile(f)
                 problem = _schema_problem(pf.schema_arrow, schema.RUNS_SCHEMA)
                 if problem:
-                    return set(), problem
-                expected = (pf.schema_arrow.metadata or {}).get(schema.META_ROWS)
+                    return set(), problem, ""
+                meta = pf.schema_arrow.metadata or {}
+                expected = meta.get(schema.META_ROWS)
                 table = pf.read()  # reads every page, so a damaged one shows up here
+            version = meta.get(schema.META_VERSION, b"").decode()
             ids = table.column("run_id").to_pylist()
             if expected is not None and int(expected) != len(ids):
-                return set(), f"holds {len(ids)} rows, its metadata says {int(expected)}"
+                return set(), f"holds {len(ids)} rows, its metadata says {int(expected)}", ""
             if len(set(ids)) != len(ids):
-                return set(), "repeats a run_id"
-            return set(ids), ""
+                return set(), "repeats a run_id", ""
+            return set(ids), "", version
         except (OSError, pa.ArrowException) as exc:
-            return set(), f"unreadable: {exc}"
+            return set(), f"unreadable: {exc}", ""
 
     def _check(self, path: str | None, expected: pa.Schema) -> str:
         if path is None:

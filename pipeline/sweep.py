@@ -134,6 +134,11 @@ def status_text(out: str) -> tuple[str, bool]:
         lines.append(f"  part-{shard.task_id}  {shard.state:<16} {shard.runs:>7} runs{detail}")
     corrupt = inventory.corrupt
     done = len(inventory.run_ids)
+    if len(inventory.versions) > 1:
+        lines.append("shards were written by wnsweep versions "
+                     + ", ".join(sorted(inventory.versions))
+                     + ": a resumed sweep mixes their engines (each shard's schema metadata "
+                     "names its version)")
     if inventory.duplicates:
         lines.append(f"{inventory.duplicates} run_ids are stored in more than one shard "
                      "(two runs into one folder at once?); analysis.load keeps one copy")

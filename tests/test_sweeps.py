@@ -278,3 +278,16 @@ def test_an_instance_file_changed_after_validation_is_refused(tmp_path):
         np.savez(tmp_path / "inst.npz", A=data["A"], b=2 * data["b"], x_star=2 * data["x_star"])
     with pytest.raises(spec.SpecError, match="problem.file: the file changed"):
         executors.run_serial(tasks, on_result=lambda result: None)
+
+
+def test_status_says_when_shards_come_from_different_versions(make_sweep, tmp_path, capsys):
+    path = make_sweep(trials=1)
+    out = tmp_path / "out"
+    sweep.run_sweep(str(path), out=str(out), executor="serial", progress=False,
+                    task_seconds=0.01)
+    shard = sorted((out / "runs").glob("part-*.parquet"))[0]
+    table = pq.read_table(shard)
+    meta = {**table.schema.metadata, b"wnsweep.version": b"0.0.1"}
+    pq.write_table(table.replace_schema_metadata(meta), shard)
+    assert cli.main(["status", str(out)]) == 0  # complete and healthy, but mixed
+    assert "written by wnsweep versions 0.0.1, 0.1.0" in capsys.readouterr().out
