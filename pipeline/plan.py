@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -232,8 +232,6 @@ def _instances(spec: SweepSpec) -> list[InstanceKey]:
 
 
 def _with_id(spec: SweepSpec, key: InstanceKey) -> InstanceKey:
-    from dataclasses import replace
-
     return replace(key, instance_id=_hash(_problem_identity(spec, key), "i-", 16))
 
 

@@ -176,16 +176,23 @@ class ResultsStore:
                 inv.shards.append(ShardStatus(task_id, "orphan-instances",
                                               detail="no runs shard (an interrupted write)"))
                 continue
-            problem = self._check(instances.get(task_id), schema.INSTANCES_SCHEMA)
             if task_id not in instances:
                 inv.shards.append(ShardStatus(task_id, "missing-instances",
                                               detail="its instances shard is missing"))
                 continue
-            ids, problem_runs, version = self._run_ids(runs[task_id])
-            problem = problem_runs or problem
+            _, problem = self._read_shard(instances[task_id], schema.INSTANCES_SCHEMA)
+            runs_table, problem_runs = self._read_shard(runs[task_id], schema.RUNS_SCHEMA)
+            problem = problem_runs or (f"instances shard: {problem}" if problem else "")
+            ids: set[str] = set()
+            if not problem:
+                column = runs_table.column("run_id").to_pylist()
+                ids = set(column)
+                if len(ids) != len(column):
+                    problem = "repeats a run_id"
             if problem:
                 inv.shards.append(ShardStatus(task_id, "corrupt", detail=problem))
                 continue
+            version = (runs_table.schema.metadata or {}).get(schema.META_VERSION, b"").decode()
             inv.duplicates += len(inv.run_ids & ids)
             inv.run_ids |= ids
             inv.shards.append(ShardStatus(task_id, "done", runs=len(ids), version=version))
@@ -216,37 +223,22 @@ class ResultsStore:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _run_ids(self, path: str) -> tuple[set[str], str, str]:
-        """(run_ids, problem or "", writer version) of one runs shard."""
+    def _read_shard(self, path: str, expected: pa.Schema) -> tuple[pa.Table | None, str]:
+        """(the whole table, "") of a shard that reads back whole with the expected columns and
+        the row count its metadata records, else (None, what is wrong)."""
         try:
             with self.fs.open_input_file(path) as f:
                 pf = pq.ParquetFile(f)
-                problem = _schema_problem(pf.schema_arrow, schema.RUNS_SCHEMA)
+                problem = _schema_problem(pf.schema_arrow, expected)
                 if problem:
-                    return set(), problem, ""
-                meta = pf.schema_arrow.metadata or {}
-                expected = meta.get(schema.META_ROWS)
+                    return None, problem
                 table = pf.read()  # reads every page, so a damaged one shows up here
-            version = meta.get(schema.META_VERSION, b"").decode()
-            ids = table.column("run_id").to_pylist()
-            if expected is not None and int(expected) != len(ids):
-                return set(), f"holds {len(ids)} rows, its metadata says {int(expected)}", ""
-            if len(set(ids)) != len(ids):
-                return set(), "repeats a run_id", ""
-            return set(ids), "", version
         except (OSError, pa.ArrowException) as exc:
-            return set(), f"unreadable: {exc}", ""
-
-    def _check(self, path: str | None, expected: pa.Schema) -> str:
-        if path is None:
-            return ""
-        try:
-            with self.fs.open_input_file(path) as f:
-                pf = pq.ParquetFile(f)
-                pf.read()  # every page, so that a damaged one shows up here
-                return _schema_problem(pf.schema_arrow, expected)
-        except (OSError, pa.ArrowException) as exc:
-            return f"instances shard unreadable: {exc}"
+            return None, f"unreadable: {exc}"
+        rows = (table.schema.metadata or {}).get(schema.META_ROWS)
+        if rows is not None and int(rows) != table.num_rows:
+            return None, f"holds {table.num_rows} rows, its metadata says {int(rows)}"
+        return table, ""
 
     def _write_table(self, path: str, table: pa.Table) -> None:
         buffer = pa.BufferOutputStream()

@@ -291,3 +291,15 @@ def test_status_says_when_shards_come_from_different_versions(make_sweep, tmp_pa
     pq.write_table(table.replace_schema_metadata(meta), shard)
     assert cli.main(["status", str(out)]) == 0  # complete and healthy, but mixed
     assert "written by wnsweep versions 0.0.1, 0.1.0" in capsys.readouterr().out
+
+
+def test_an_instances_shard_with_missing_rows_is_corrupt(make_sweep, tmp_path, capsys):
+    path = make_sweep(trials=1)
+    out = tmp_path / "out"
+    sweep.run_sweep(str(path), out=str(out), executor="serial", progress=False,
+                    task_seconds=0.01)
+    victim = sorted((out / "instances").glob("part-*.parquet"))[0]
+    table = pq.read_table(victim)
+    pq.write_table(table.slice(0, 0), victim)  # readable, right columns, rows gone
+    assert cli.main(["status", str(out)]) == 1
+    assert "instances shard: holds 0 rows, its metadata says 1" in capsys.readouterr().out
