@@ -1,6 +1,6 @@
 """Read a results folder (local path or pyarrow filesystem URI) into one tidy pandas DataFrame.
 
-Layout (SWEEPS.md, "What lands on disk")::
+Layout (docs/SWEEP_FILES.md, "What lands on disk")::
 
     <results>/sweep.yaml, manifest.json
     <results>/runs/part-<task>.parquet        pipeline.schema.RUNS_SCHEMA, one row per run

@@ -6,7 +6,7 @@ constant init, a mixed batch (half GD, half WN-GD with the normalized schedule a
 
 - engine runs/s: B / (wall time of ``run_batch`` on the whole batch), best of ``--repeats``;
 - naive runs/s: the same runs done one at a time by a plain per-run numpy loop written below from
-  MODEL.md (matrix-vector products, the same per-step loss evaluation, stopping tests, checkpoint
+  docs/MODEL.md (matrix-vector products, the same per-step loss evaluation, stopping tests, checkpoint
   recording and tiny-entry flush as the engine). It is timed on a subset of the batch (half GD, half
   WN, spread over alpha and eta~); its cost per run does not depend on B, so runs/s = subset / time;
 - their ratio (the point of batching: two matrix-matrix products per step instead of 2B
@@ -77,7 +77,7 @@ def make_batch(M: int, N: int, s: int, eta: float, B: int, steps: int, seed: int
 
 
 def naive_run(A: np.ndarray, b: np.ndarray, cfg: dynamics.RunConfig, w0: np.ndarray):
-    """One nonneg run, the plain MODEL.md equations with matrix-vector products.
+    """One nonneg run, the plain docs/MODEL.md equations with matrix-vector products.
     Returns (status, iterations, final loss, checkpoint losses)."""
     if cfg.signed:
         raise NotImplementedError("the naive loop covers the nonneg model only")

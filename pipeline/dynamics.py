@@ -1,4 +1,4 @@
-"""Batched GD and WN-GD on diagonal linear networks (MODEL.md, "Methods" and "Stopping and status").
+"""Batched GD and WN-GD on diagonal linear networks (docs/MODEL.md, "Methods" and "Stopping and status").
 
 The update rules are small pure functions of arrays (``gd_step``, ``wn_tangential_rate``, ``wn_step``);
 ``run_batch`` is the loop around them. It advances many runs on one problem instance at once: the

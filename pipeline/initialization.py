@@ -1,4 +1,4 @@
-"""Initial weights of scale alpha (MODEL.md, "Initialization").
+"""Initial weights of scale alpha (docs/MODEL.md, "Initialization").
 
 constant: every trainable entry equals alpha.
 random:   alpha * sqrt(n) * z / ||z||_2 with z_i = |g_i|, g ~ N(0, I_n): the constant scheme's l2

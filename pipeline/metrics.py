@@ -1,4 +1,4 @@
-"""Per-run metrics (MODEL.md, "Metrics per run" and the alpha_eff diagnostic)."""
+"""Per-run metrics (docs/MODEL.md, "Metrics per run" and the alpha_eff diagnostic)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Diagonal linear networks: the product map x~(w) and the gradient of the loss (MODEL.md, "Models").
+"""Diagonal linear networks: the product map x~(w) and the gradient of the loss (docs/MODEL.md, "Models").
 
 Every function works along the last axis, so ``w`` may be one run (shape ``(n,)``) or a batch of
 runs stacked as rows (shape ``(B, n)``). ``n`` is the number of trainable entries: ``N`` for the

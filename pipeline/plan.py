@@ -1,4 +1,4 @@
-"""Expand a sweep into runs and group them into tasks (SWEEPS.md, "Identity, seeds, resume").
+"""Expand a sweep into runs and group them into tasks (docs/SWEEP_FILES.md, "Run identity").
 
 Identity. An instance is identified by its parameters (M, N, s, sign or the instance file's content
 hash), the trial and the master seed; a run by its instance and its fully resolved method, depth,

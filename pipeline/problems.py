@@ -1,4 +1,4 @@
-"""Problem instances (A, b, x*): generated from a seed, or loaded from a user's .npz (MODEL.md).
+"""Problem instances (A, b, x*): generated from a seed, or loaded from a user's .npz (docs/MODEL.md).
 
 A generated instance has A in R^{M x N} with i.i.d. N(0, 1/M) entries, an s-sparse x* with a
 uniformly random support and magnitudes i.i.d. Uniform[0.5, 1.5] (times an independent random sign

@@ -1,4 +1,4 @@
-"""Reference solutions of one instance (MODEL.md, "Reference solutions").
+"""Reference solutions of one instance (docs/MODEL.md, "Reference solutions").
 
 basis pursuit:  x_l1 = argmin ||x||_1  s.t.  A x = b  (and x >= 0 for the nonneg model), with cvxpy;
                 HiGHS solves it as a linear program. The solver is configurable.

@@ -1,4 +1,4 @@
-"""The on-disk schema of result shards (SWEEPS.md, "What lands on disk").
+"""The on-disk schema of result shards (docs/SWEEP_FILES.md, "What lands on disk").
 
 One source of truth for column names and types: the task builds its tables with these schemas,
 the store validates shards against them and ``analysis.load`` checks what it reads. Columns may be

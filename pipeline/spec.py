@@ -1,4 +1,4 @@
-"""Sweep files: load a sweep YAML and validate it into frozen dataclasses (SWEEPS.md).
+"""Sweep files: load a sweep YAML and validate it into frozen dataclasses (docs/SWEEP_FILES.md).
 
 This is the only module that knows YAML. Everything downstream sees a :class:`SweepSpec` whose
 axes are tuples of plain Python values, already checked, with every default filled in.

@@ -1,4 +1,4 @@
-"""Results on disk or on an object store (SWEEPS.md, "What lands on disk").
+"""Results on disk or on an object store (docs/SWEEP_FILES.md, "What lands on disk").
 
 Layout: ``sweep.yaml``, ``manifest.json``, ``runs/part-<task>.parquet``,
 ``instances/part-<task>.parquet``. Every path goes through a pyarrow filesystem, so any URI that

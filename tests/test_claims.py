@@ -1,4 +1,4 @@
-"""The seeds' claims at reduced size, on fixed seeds, through the real pipeline (MODEL.md,
+"""The seeds' claims at reduced size, on fixed seeds, through the real pipeline (docs/MODEL.md,
 "What the seeds report"). docs/REPRODUCTION.md has the full-size numbers."""
 
 from __future__ import annotations

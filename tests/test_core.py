@@ -1,4 +1,4 @@
-"""The numerical core against MODEL.md: gradients, the batched engine against a plain loop,
+"""The numerical core against docs/MODEL.md: gradients, the batched engine against a plain loop,
 stopping and divergence, basis pursuit, the alpha_eff statement and the headline."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pipeline import dynamics, initialization, metrics, models, problems, refere
 from pipeline.dynamics import RunConfig
 
 
-# --- an independent, plain one-run-at-a-time implementation of MODEL.md -------------------------
+# --- an independent, plain one-run-at-a-time implementation of docs/MODEL.md -------------------------
 
 
 def plain_run(A, b, cfg: RunConfig, w0):
-    """GD / WN-GD for one run, written straight from MODEL.md with matrix-vector products."""
+    """GD / WN-GD for one run, written straight from docs/MODEL.md with matrix-vector products."""
     N, L = A.shape[1], cfg.depth
 
     def x_of(w):
@@ -294,7 +294,7 @@ def test_min_l2_interpolant(inst):
     np.testing.assert_allclose(x, np.linalg.pinv(inst.A) @ inst.b, atol=1e-12)
 
 
-# --- metrics and the two statements of MODEL.md --------------------------------------------------
+# --- metrics and the two statements of docs/MODEL.md --------------------------------------------------
 
 
 def test_metrics_by_hand():
