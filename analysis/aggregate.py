@@ -19,24 +19,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-#: Parameter columns that identify a grid cell (everything but the trial).
-CELL_KEYS = (
-    "sign",
-    "M",
-    "N",
-    "s",
-    "L",
-    "init",
-    "alpha",
-    "method",
-    "eta",
-    "eta_ratio",
-    "schedule",
-    "max_iters",
-    "tol",
-)
-#: Columns on which a WN run and its GD partner must agree (besides eta, see ``paired_ratios``).
-PAIR_KEYS = ("instance_id", "L", "init", "alpha", "max_iters", "tol")
+from pipeline import parameters
+
+#: Parameter columns that identify a grid cell (everything but the trial), and the columns on
+#: which a WN run and its GD partner must agree (besides eta, see ``paired_ratios``): both are
+#: derived from the table of run parameters, ``pipeline.parameters``.
+CELL_KEYS = parameters.CELL_KEYS
+PAIR_KEYS = parameters.PAIR_KEYS
 
 
 def cell_keys(df: pd.DataFrame) -> list[str]:

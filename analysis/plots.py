@@ -26,6 +26,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
 from analysis.aggregate import CELL_KEYS, cell_stats, paired_ratios, ratio_stats
+from pipeline import parameters
 
 LABELS = {
     "alpha": r"initialization scale $\alpha$",
@@ -90,7 +91,7 @@ def _fmt(v: Any) -> str:
 
 #: Keys set per method (``methods: {gd: {eta: ...}, wn: {...}}``): a method with a single value of
 #: such a key is compared against every value the other method takes.
-METHOD_KEYS = ("eta", "eta_ratio", "schedule")
+METHOD_KEYS = parameters.METHOD_COLUMNS
 
 
 def _wildcard(df: pd.DataFrame, key: str) -> pd.Series:

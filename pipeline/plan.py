@@ -21,9 +21,11 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
+from pipeline.parameters import INSTANCE_PARAMS, RUN_PARAMS, SHARED_RUN_PARAMS, identity_items
 from pipeline.spec import SweepSpec
 
 _SIGN_CODE = {"nonneg": 0, "signed": 1}
@@ -37,53 +39,50 @@ BP_SECONDS = 0.05
 TASK_SECONDS = 20.0
 
 
-def _num(value: float | int | None) -> str | int | None:
-    """Canonical form of a number for hashing: ints as ints, floats to 12 significant digits."""
-    if value is None or isinstance(value, (int, np.integer)):
-        return None if value is None else int(value)
-    return format(float(value), ".12g")
-
-
 def _hash(payload: dict, prefix: str, length: int = 20) -> str:
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return prefix + hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+class _Params:
+    """Attribute access to ``params`` (``run.alpha``, ``inst.M``) for the parameter dataclasses."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "params":  # not a parameter (e.g. while unpickling)
+            raise AttributeError(name)
+        try:
+            return self.params[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no parameter {name!r}") from None
+
+
 @dataclass(frozen=True)
-class InstanceKey:
-    """One problem instance: generated from (M, N, s, sign, seed) or loaded from ``problem_file``."""
+class InstanceKey(_Params):
+    """One problem instance: generated from its parameters and seed, or loaded from
+    ``problem_file``. ``params`` holds every instance parameter of ``pipeline.parameters``
+    (``sign``, ``M``, ``N``, ``s``; for a file, ``M`` and ``N`` are its shape and ``s`` is None)."""
 
     instance_id: str
     trial: int
-    sign: str
-    M: int
-    N: int
-    s: int | None  # None for a user instance without x_star
     seed: int  # derived with SeedSequence; also seeds the random init direction
+    params: dict[str, Any]
     problem_file: str | None = None
     file_sha256: str | None = None
 
     @property
     def signed(self) -> bool:
-        return self.sign == "signed"
+        return self.params["sign"] == "signed"
 
 
 @dataclass(frozen=True)
-class Run:
-    """One run: an instance and a fully resolved method configuration."""
+class Run(_Params):
+    """One run: an instance, a method and a value of every run parameter of
+    ``pipeline.parameters`` (None where the parameter is not the method's, e.g. GD's eta_ratio)."""
 
     run_id: str
     instance_id: str
     method: str  # gd | wn
-    L: int
-    init: str  # constant | random
-    alpha: float
-    eta: float
-    eta_ratio: float | None  # None for gd
-    schedule: str | None  # None for gd
-    max_iters: int
-    tol: float
-    checkpoints: int
+    params: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -169,37 +168,24 @@ def instance_seed(master_seed: int, spawn_key: tuple[int, ...]) -> int:
 
 
 def make_plan(spec: SweepSpec) -> Plan:
-    """Expand the sweep: instances (problem axes x sign x trials), then per instance the runs
-    (depth x init x alpha x max_iters x tol x each method's own axes)."""
+    """Expand the sweep: instances (instance parameters x trials), then per instance the runs
+    (the shared run axes, then each method in file order with its own axes), every product in
+    the order of ``pipeline.parameters.PARAMS``."""
     instances = _instances(spec)
+    shared = [p.name for p in SHARED_RUN_PARAMS]
     runs: list[Run] = []
-    problem_ids = {inst.instance_id: _problem_identity(spec, inst) for inst in instances}
     for inst in instances:
-        for L, init, alpha, max_iters, tol in itertools.product(
-            spec.depth, spec.init_scheme, spec.alpha, spec.train.max_iters, spec.train.tol
-        ):
+        problem_id = _problem_identity(spec, inst)
+        for shared_values in itertools.product(*(spec.axes[name] for name in shared)):
             for method in spec.methods:
-                if method.name == "gd":
-                    variants = [(eta, None, None) for eta in method.eta]
-                else:
-                    variants = list(itertools.product(method.eta, method.eta_ratio,
-                                                      method.schedule))
-                for eta, ratio, schedule in variants:
-                    identity = {
-                        **problem_ids[inst.instance_id],
-                        "method": method.name, "L": int(L), "init": init, "alpha": _num(alpha),
-                        "eta": _num(eta), "eta_ratio": _num(ratio), "schedule": schedule,
-                        "max_iters": int(max_iters), "tol": _num(tol),
-                        "checkpoints": int(spec.train.checkpoints),
-                    }
-                    runs.append(Run(
-                        run_id=_hash(identity, "r-"),
-                        instance_id=inst.instance_id, method=method.name, L=int(L), init=init,
-                        alpha=float(alpha), eta=float(eta),
-                        eta_ratio=None if ratio is None else float(ratio), schedule=schedule,
-                        max_iters=int(max_iters), tol=float(tol),
-                        checkpoints=int(spec.train.checkpoints),
-                    ))
+                own = list(method.axes)
+                for own_values in itertools.product(*method.axes.values()):
+                    values = {p.name: None for p in RUN_PARAMS}
+                    values.update(zip(shared, shared_values))
+                    values.update(zip(own, own_values))
+                    identity = {**problem_id, "method": method.name,
+                                **identity_items(RUN_PARAMS, values, method.name)}
+                    runs.append(Run(_hash(identity, "r-"), inst.instance_id, method.name, values))
     if len({r.run_id for r in runs}) != len(runs):  # spec validation rules this out
         raise AssertionError("two runs of the sweep share a run_id")
     return Plan(spec=spec, instances=tuple(instances), runs=tuple(runs))
@@ -207,32 +193,37 @@ def make_plan(spec: SweepSpec) -> Plan:
 
 def _problem_identity(spec: SweepSpec, inst: InstanceKey) -> dict:
     """What identifies an instance (and is part of each of its runs' identity)."""
-    base = {"seed": int(spec.seed), "trial": inst.trial, "sign": inst.sign}
+    base = {"seed": int(spec.seed), "trial": inst.trial}
     if inst.file_sha256 is not None:
-        return {**base, "file_sha256": inst.file_sha256}
-    return {**base, "M": inst.M, "N": inst.N, "s": inst.s}
+        params = tuple(p for p in INSTANCE_PARAMS if not p.generated)
+        return {**base, **identity_items(params, inst.params), "file_sha256": inst.file_sha256}
+    return {**base, **identity_items(INSTANCE_PARAMS, inst.params)}
 
 
 def _instances(spec: SweepSpec) -> list[InstanceKey]:
+    """Every instance: the product of the instance parameters' axes, then the trials.
+
+    Seeds are a contract (changing them changes every instance of existing sweeps): a generated
+    instance's spawn key is (0, M, N, s, sign, trial), a file instance's (1, file hash, sign,
+    trial)."""
     p = spec.problem
+    names = [q.name for q in INSTANCE_PARAMS if q.name in spec.axes]
     out: list[InstanceKey] = []
-    if p.file is not None:
-        M, N = p.file_shape  # type: ignore[misc]
-        file_code = int(p.file_sha256[:15], 16)  # type: ignore[index]
-        for sign, trial in itertools.product(p.sign, range(spec.trials)):
-            seed = instance_seed(spec.seed, (1, file_code, _SIGN_CODE[sign], trial))
-            key = InstanceKey("", trial, sign, M, N, None, seed, p.file, p.file_sha256)
-            out.append(_with_id(spec, key))
-        return out
-    for M, N, s, sign, trial in itertools.product(p.M, p.N, p.sparsity, p.sign,
-                                                  range(spec.trials)):
-        seed = instance_seed(spec.seed, (0, M, N, s, _SIGN_CODE[sign], trial))
-        out.append(_with_id(spec, InstanceKey("", trial, sign, M, N, s, seed)))
+    for values in itertools.product(*(spec.axes[name] for name in names)):
+        params = dict(zip(names, values))
+        code = _SIGN_CODE[params["sign"]]
+        for trial in range(spec.trials):
+            if p.file is not None:
+                M, N = p.file_shape  # type: ignore[misc]
+                params = {**params, "M": M, "N": N, "s": None}
+                file_code = int(p.file_sha256[:15], 16)  # type: ignore[index]
+                seed = instance_seed(spec.seed, (1, file_code, code, trial))
+            else:
+                seed = instance_seed(spec.seed, (0, params["M"], params["N"], params["s"], code,
+                                                 trial))
+            key = InstanceKey("", trial, seed, params, p.file, p.file_sha256)
+            out.append(replace(key, instance_id=_hash(_problem_identity(spec, key), "i-", 16)))
     return out
-
-
-def _with_id(spec: SweepSpec, key: InstanceKey) -> InstanceKey:
-    return replace(key, instance_id=_hash(_problem_identity(spec, key), "i-", 16))
 
 
 def summarize(plan: Plan, tasks: list[Task]) -> str:

@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from pipeline.parameters import INSTANCE_PARAMS, PARAMS
+
 #: Key-value metadata keys every shard's schema carries.
 META_SPEC_HASH = b"wnsweep.spec_hash"
 META_VERSION = b"wnsweep.version"
 META_TASK = b"wnsweep.task"
 META_ROWS = b"wnsweep.rows"
+
+#: Arrow type of a parameter column, by ``Param.kind``.
+ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+
+
+def _param_fields(params) -> list[tuple[str, pa.DataType]]:
+    """The columns of the run parameters (``pipeline.parameters``; null where a parameter is not
+    the run's method's, and ``s`` for a user instance without x_star)."""
+    return [(p.name, ARROW_TYPES[p.kind]) for p in params if p.column]
+
 
 RUNS_SCHEMA = pa.schema(
     [
@@ -22,18 +34,7 @@ RUNS_SCHEMA = pa.schema(
         ("trial", pa.int64()),
         ("instance_id", pa.string()),
         ("method", pa.string()),  # gd | wn
-        ("sign", pa.string()),  # nonneg | signed
-        ("M", pa.int64()),
-        ("N", pa.int64()),
-        ("s", pa.int64()),  # null for a user instance without x_star
-        ("L", pa.int64()),
-        ("init", pa.string()),  # constant | random
-        ("alpha", pa.float64()),
-        ("eta", pa.float64()),
-        ("eta_ratio", pa.float64()),  # null for gd
-        ("schedule", pa.string()),  # null for gd
-        ("max_iters", pa.int64()),
-        ("tol", pa.float64()),
+        *_param_fields(PARAMS),
         ("status", pa.string()),  # converged | max_iters | diverged
         ("iterations", pa.int64()),
         ("loss_final", pa.float64()),
@@ -58,10 +59,7 @@ INSTANCES_SCHEMA = pa.schema(
     [
         ("instance_id", pa.string()),
         ("trial", pa.int64()),
-        ("M", pa.int64()),
-        ("N", pa.int64()),
-        ("s", pa.int64()),
-        ("sign", pa.string()),
+        *_param_fields(INSTANCE_PARAMS),
         ("seed", pa.int64()),
         ("problem_file", pa.string()),  # null for generated instances
         ("bp_solver", pa.string()),

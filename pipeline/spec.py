@@ -4,7 +4,9 @@ This is the only module that knows YAML. Everything downstream sees a :class:`Sw
 axes are tuples of plain Python values, already checked, with every default filled in.
 
 Validation is complete and happens here, before anything runs. The first problem found is raised
-as one :class:`SpecError` naming the file, the dotted field and what is allowed. Checked:
+as one :class:`SpecError` naming the file, the dotted field and what is allowed. The run
+parameters' keys, types, constraints and defaults come from their table, ``pipeline.parameters``;
+this module adds the structure around them and the checks across parameters. Checked:
 
 * structure: the top level is a mapping; only known keys at every level (unknown keys are named by
   their dotted path, with the allowed keys listed); no duplicate mapping keys; required fields
@@ -42,16 +44,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pipeline.dynamics import SCHEDULES
-from pipeline.initialization import SCHEMES
-from pipeline.models import SIGNS
+from pipeline.parameters import (INSTANCE_PARAMS, METHOD_KEYS, METHODS, PARAMS, RUN_PARAMS,
+                                 SHARED_RUN_PARAMS, Param, identity_value,
+                                 is_default)
 
-__all__ = ["SpecError", "ProblemSpec", "MethodSpec", "TrainSpec", "SweepSpec", "load_spec",
-           "parse_spec"]
+__all__ = ["SpecError", "ProblemSpec", "MethodSpec", "SweepSpec", "load_spec", "parse_spec"]
 
 _NAME_RE = re.compile(r"[a-z0-9._-]+")
 _MAX_AXIS = 100_000  # a logspace/linspace longer than this is surely a typo
-METHOD_KEYS = {"gd": ("eta",), "wn": ("eta", "eta_ratio", "schedule")}
 _TOP_KEYS = ("name", "description", "seed", "trials", "problem", "model", "init", "methods",
              "train", "reference", "output")
 
@@ -73,12 +73,9 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class ProblemSpec:
-    """Generated problems (M, N, sparsity axes) or one user instance (file); sign is an axis."""
+    """Where the instances come from: generated (its axes are in ``SweepSpec.axes``) or one user
+    instance file, identified by its content hash."""
 
-    sign: tuple[str, ...] = ("nonneg",)
-    M: tuple[int, ...] = ()
-    N: tuple[int, ...] = ()
-    sparsity: tuple[int, ...] = ()
     file: str | None = None
     file_sha256: str | None = None
     file_shape: tuple[int, int] | None = None
@@ -87,35 +84,28 @@ class ProblemSpec:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One method and its own axes; eta_ratio and schedule are () for gd."""
+    """One method and its own axes (``pipeline.parameters.METHOD_KEYS``), by parameter name."""
 
     name: str
-    eta: tuple[float, ...]
-    eta_ratio: tuple[float, ...] = ()
-    schedule: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    max_iters: tuple[int, ...]
-    tol: tuple[float, ...]
-    checkpoints: int
+    axes: dict[str, tuple]
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """A validated sweep. ``canonical_json``/``spec_hash`` identify its content, not its layout."""
+    """A validated sweep. ``canonical_json``/``spec_hash`` identify its content, not its layout.
+
+    ``axes`` maps the name of every parameter of ``pipeline.parameters.PARAMS`` that is not a
+    method's own (and, for a user instance file, not a generated problem's) to its values: a
+    tuple of plain Python values, defaults filled in; a single-valued setting such as
+    ``checkpoints`` is a tuple of one."""
 
     name: str
     description: str
     seed: int
     trials: int
     problem: ProblemSpec
-    depth: tuple[int, ...]
-    init_scheme: tuple[str, ...]
-    alpha: tuple[float, ...]
+    axes: dict[str, tuple]
     methods: tuple[MethodSpec, ...]
-    train: TrainSpec
     bp_solver: str
     save_solutions: bool
     source: str
@@ -196,11 +186,6 @@ def _describe(v: Any) -> str:
         kind = "list" if isinstance(v, list) else "mapping"
         return f"a {kind}" if v else f"an empty {kind}"
     return repr(v)
-
-
-def _identity(v: Any) -> Any:
-    """How a value enters run ids (pipeline.plan): floats to 12 significant digits."""
-    return format(v, ".12g") if isinstance(v, float) else v
 
 
 def _fmt(v: Any) -> str:
@@ -309,7 +294,7 @@ class _Validator:
                                     f"got {_describe(v)}")
             else:
                 v = self.number(v, field, integer=(kind == "int"), generated=generated)
-            if _identity(v) in {_identity(u) for u in out}:
+            if identity_value(v) in {identity_value(u) for u in out}:
                 raise self.fail(field, f"duplicate value {_fmt(v)} in the axis (equal to "
                                 "12 significant digits, the precision of run ids: it would "
                                 "repeat runs)")
@@ -338,37 +323,50 @@ class _Validator:
             values = (np.logspace if form == "logspace" else np.linspace)(lo, hi, n)
         return [float(x) for x in values]
 
+    # -- parameters
+    def param(self, p: Param, mapping: dict, method: str | None = None) -> tuple:
+        """The values of one parameter (``pipeline.parameters``) from its section's mapping."""
+        field = p.field(method)
+        if p.key not in mapping:
+            if p.required:
+                extra = "; or give problem.file" if p.generated else ""
+                raise self.fail(field, f"required: {p.doc} ({p.rule()}){extra}")
+            return (p.default,)
+        if not p.axis:
+            if p.kind != "int":
+                raise AssertionError(f"single-valued parameters are integers: {p.name}")
+            return (self.scalar_int(mapping[p.key], field, int(p.ge if p.ge is not None else 0)),)
+        return self.axis(mapping[p.key], field, p.kind, p.choices, gt=p.gt, ge=p.ge)
+
     # -- problem
-    def problem(self, doc: dict) -> tuple[ProblemSpec, dict]:
-        """The problem section and its canonical form (a file is identified by its sha256)."""
+    def problem(self, doc: dict) -> tuple[ProblemSpec, dict[str, tuple]]:
+        """The problem section: where instances come from, and the instance parameters' axes."""
         if doc.get("problem") is None:
             raise self.fail("problem", "required: {M, N, sparsity, sign} (generated) "
                             "or {file, sign}")
-        prob = self.section(doc, "problem", ("M", "N", "sparsity", "sign", "file"),
-                            hint="M, N, sparsity, sign (generated) or file, sign (user instance)")
-        signs = self.axis(prob.get("sign", "nonneg"), "problem.sign", "str", SIGNS)
+        generated = [p for p in INSTANCE_PARAMS if p.generated]
+        prob = self.section(doc, "problem", (*(p.key for p in INSTANCE_PARAMS), "file"),
+                            hint=f"{', '.join(p.key for p in INSTANCE_PARAMS)} (generated) or "
+                            f"file, {', '.join(p.key for p in INSTANCE_PARAMS if not p.generated)}"
+                            " (user instance)")
         if "file" in prob:
-            mixed = [k for k in ("M", "N", "sparsity") if k in prob]
+            mixed = [p.key for p in generated if p.key in prob]
             if mixed:
                 raise self.fail("problem", "either a generated problem (M, N, sparsity, sign) or a "
                                 f"file (file, sign), not both; got file and {', '.join(mixed)}")
-            path, sha, shape, has_x = self.problem_file(prob["file"], signs)
-            spec = ProblemSpec(sign=signs, file=path, file_sha256=sha, file_shape=shape,
-                               file_has_x_star=has_x)
-            return spec, {"sha256": sha, "sign": list(signs)}
-        dims = {}
-        for key in ("M", "N", "sparsity"):
-            raw = self.required(prob, f"problem.{key}", "M, N and sparsity (or give problem.file)")
-            dims[key] = self.axis(raw, f"problem.{key}", "int", ge=1)
-        M, N, s = dims["M"], dims["N"], dims["sparsity"]
+            axes = {p.name: self.param(p, prob) for p in INSTANCE_PARAMS if not p.generated}
+            path, sha, shape, has_x = self.problem_file(prob["file"], axes["sign"])
+            return ProblemSpec(file=path, file_sha256=sha, file_shape=shape,
+                               file_has_x_star=has_x), axes
+        axes = {p.name: self.param(p, prob) for p in INSTANCE_PARAMS}
+        M, N, s = axes["M"], axes["N"], axes["s"]
         if max(M) >= min(N):
             raise self.fail("problem.M", f"M must be < N for every combination, got M = {max(M)}, "
                             f"N = {min(N)}")
         if max(s) > min(M):
             raise self.fail("problem.sparsity", "s must be <= M for every combination, got "
                             f"s = {max(s)}, M = {min(M)}")
-        return ProblemSpec(sign=signs, **dims), {"sign": list(signs), "M": list(M), "N": list(N),
-                                                 "sparsity": list(s)}
+        return ProblemSpec(), axes
 
     def problem_file(self, raw: Any,
                      signs: tuple[str, ...]) -> tuple[str, str, tuple[int, int], bool]:
@@ -416,27 +414,26 @@ class _Validator:
                             "sign includes nonneg; use sign: signed")
         return path, hashlib.sha256(data).hexdigest(), (int(M), int(N)), x_star is not None
 
-    # -- methods
+    # -- sections of shared run axes, and methods
+    def shared_axes(self, doc: dict, section: str) -> dict[str, tuple]:
+        """The axes of one section of run parameters shared by every method."""
+        params = [p for p in SHARED_RUN_PARAMS if p.section == section]
+        mapping = self.section(doc, section, tuple(p.key for p in params))
+        return {p.name: self.param(p, mapping) for p in params}
+
     def methods(self, doc: dict) -> tuple[MethodSpec, ...]:
-        """gd / wn in file order, each with its own axes (wn defaults: eta_ratio 1, constant)."""
+        """The methods in file order, each with its own axes (defaults filled in)."""
         raw = doc.get("methods")
         if not isinstance(raw, dict) or not raw:
-            raise self.fail("methods", "required: a mapping with at least one of gd, wn; "
-                            f"got {_describe(raw)}")
+            raise self.fail("methods", f"required: a mapping with at least one of "
+                            f"{', '.join(METHODS)}; got {_describe(raw)}")
         out = []
         for name in raw:
             if name not in METHOD_KEYS:
-                raise self.fail(f"methods.{name}", "unknown method; allowed: gd, wn")
-            m = self.section(raw, f"methods.{name}", METHOD_KEYS[name])
-            eta = self.required(m, f"methods.{name}.eta", "the step size (numbers > 0)")
-            eta = self.axis(eta, f"methods.{name}.eta", "float", gt=0)
-            if name == "gd":
-                out.append(MethodSpec("gd", eta))
-                continue
-            ratio = self.axis(m.get("eta_ratio", 1.0), "methods.wn.eta_ratio", "float", gt=0)
-            sched = self.axis(m.get("schedule", "constant"), "methods.wn.schedule", "str",
-                              SCHEDULES)
-            out.append(MethodSpec("wn", eta, ratio, sched))
+                raise self.fail(f"methods.{name}", f"unknown method; allowed: {', '.join(METHODS)}")
+            mapping = self.section(raw, f"methods.{name}", METHOD_KEYS[name])
+            own = [p for p in RUN_PARAMS if p.methods is not None and p.applies_to(name)]
+            out.append(MethodSpec(name, {p.name: self.param(p, mapping, name) for p in own}))
         return tuple(out)
 
 
@@ -468,22 +465,11 @@ def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None)
         raise v.fail("description", f"expected a string, got {_describe(description)}")
     seed = v.scalar_int(doc.get("seed", 0), "seed", 0)
     trials = v.scalar_int(doc.get("trials", 1), "trials", 1)
-    problem, problem_json = v.problem(doc)
-
-    model = v.section(doc, "model", ("depth",))
-    depth = v.axis(v.required(model, "model.depth", "the depth L (integers >= 2)"),
-                   "model.depth", "int", ge=2)
-    init = v.section(doc, "init", ("scheme", "alpha"))
-    scheme = v.axis(init.get("scheme", "constant"), "init.scheme", "str", SCHEMES)
-    alpha = v.axis(v.required(init, "init.alpha", "the initialization scale (numbers > 0)"),
-                   "init.alpha", "float", gt=0)
+    problem, axes = v.problem(doc)
+    for section in ("model", "init"):
+        axes.update(v.shared_axes(doc, section))
     methods = v.methods(doc)
-
-    tr = v.section(doc, "train", ("max_iters", "tol", "checkpoints"))
-    max_iters = v.required(tr, "train.max_iters", "the iteration budget (integers >= 1)")
-    train = TrainSpec(max_iters=v.axis(max_iters, "train.max_iters", "int", ge=1),
-                      tol=v.axis(tr.get("tol", 1e-12), "train.tol", "float", ge=0),
-                      checkpoints=v.scalar_int(tr.get("checkpoints", 64), "train.checkpoints", 2))
+    axes.update(v.shared_axes(doc, "train"))
 
     solver = v.section(doc, "reference", ("solver",)).get("solver", "HIGHS")
     import cvxpy  # deferred: slow to import, and only this check needs it
@@ -499,25 +485,42 @@ def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None)
 
     canonical = {
         "name": name, "description": description, "seed": seed, "trials": trials,
-        "problem": problem_json,
-        "model": {"depth": list(depth)},
-        "init": {"scheme": list(scheme), "alpha": list(alpha)},
-        "methods": {m.name: {"eta": list(m.eta)} if m.name == "gd" else
-                    {"eta": list(m.eta), "eta_ratio": list(m.eta_ratio),
-                     "schedule": list(m.schedule)} for m in methods},
-        "train": {"max_iters": list(train.max_iters), "tol": list(train.tol),
-                  "checkpoints": train.checkpoints},
+        **_canonical_axes(problem, axes, methods),
         "reference": {"solver": solver},
         "output": {"save_solutions": save},
     }
     canonical_json = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return SweepSpec(
         name=name, description=description, seed=seed, trials=trials, problem=problem,
-        depth=depth, init_scheme=scheme, alpha=alpha, methods=methods, train=train,
-        bp_solver=solver, save_solutions=save, source=source, text=text,
-        canonical_json=canonical_json,
+        axes=axes, methods=methods, bp_solver=solver, save_solutions=save, source=source,
+        text=text, canonical_json=canonical_json,
         spec_hash=hashlib.sha256(canonical_json.encode()).hexdigest(),
     )
+
+
+def _canonical_axes(problem: ProblemSpec, axes: dict[str, tuple],
+                    methods: tuple[MethodSpec, ...]) -> dict:
+    """The parameters' part of the canonical spec: ``{section: {key: [values]}}`` (a single
+    value for single-valued settings). A parameter added after wnsweep 0.1 appears only when
+    it differs from its default, so that the hash of an older sweep file does not change."""
+    out: dict[str, dict] = {"problem": {}, "model": {}, "init": {}, "methods": {}, "train": {}}
+    if problem.file is not None:
+        out["problem"]["sha256"] = problem.file_sha256
+
+    def put(target: dict, p: Param, values: tuple) -> None:
+        if p.identity == "unless_default" and all(is_default(p, x) for x in values):
+            return
+        target[p.key] = list(values) if p.axis else values[0]
+
+    for p in PARAMS:
+        if p.name in axes:
+            put(out[p.section], p, axes[p.name])
+    for m in methods:
+        target = out["methods"].setdefault(m.name, {})
+        for p in PARAMS:
+            if p.name in m.axes:
+                put(target, p, m.axes[p.name])
+    return out
 
 
 def load_spec(path: str | os.PathLike) -> SweepSpec:

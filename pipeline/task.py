@@ -15,6 +15,7 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from pipeline import dynamics, initialization, metrics, models, problems, reference, schema
+from pipeline.parameters import INSTANCE_PARAMS, RUN_PARAMS
 from pipeline.plan import InstanceKey, Run, Task
 
 #: The most runs one engine call holds; larger instances are cut into batches of this size.
@@ -76,12 +77,11 @@ def _run_task(task: Task, problem_bytes: bytes | None, node: str) -> TaskResult:
 
 
 def _config(inst: InstanceKey, run: Run) -> dynamics.RunConfig:
-    return dynamics.RunConfig(
-        method=run.method, signed=inst.signed, depth=run.L, eta=run.eta,
-        eta_ratio=run.eta_ratio if run.eta_ratio is not None else 1.0,
-        schedule=run.schedule or "constant", max_iters=run.max_iters, tol=run.tol,
-        checkpoints=run.checkpoints,
-    )
+    """The engine settings of a run: every parameter with an ``engine`` field (its default where
+    it is not the run's method's), the method and the model's sign."""
+    settings = {p.engine: p.default if run.params[p.name] is None else run.params[p.name]
+                for p in RUN_PARAMS if p.engine is not None}
+    return dynamics.RunConfig(method=run.method, signed=inst.signed, **settings)
 
 
 def _initial_weights(inst: InstanceKey, problem: problems.Instance, runs: list[Run]):
@@ -95,8 +95,8 @@ def _initial_weights(inst: InstanceKey, problem: problems.Instance, runs: list[R
 def _instance_row(inst: InstanceKey, problem: problems.Instance, bp: reference.BasisPursuit) -> dict:
     x_star = problem.x_star
     return {
-        "instance_id": inst.instance_id, "trial": inst.trial, "M": problem.M, "N": problem.N,
-        "s": problem.s, "sign": inst.sign, "seed": inst.seed, "problem_file": inst.problem_file,
+        "instance_id": inst.instance_id, "trial": inst.trial, **_instance_columns(inst, problem),
+        "seed": inst.seed, "problem_file": inst.problem_file,
         "bp_solver": bp.solver, "bp_status": bp.status, "bp_seconds": bp.seconds,
         "l1_norm_bp": bp.l1_norm,
         "bp_error_truth": None if x_star is None else float(np.linalg.norm(bp.x - x_star)),
@@ -109,10 +109,9 @@ def _run_row(task: Task, inst: InstanceKey, problem: problems.Instance,
              bp: reference.BasisPursuit, run: Run, result: dynamics.RunResult, node: str) -> dict:
     row = {
         "run_id": run.run_id, "sweep": task.sweep, "trial": inst.trial,
-        "instance_id": inst.instance_id, "method": run.method, "sign": inst.sign,
-        "M": problem.M, "N": problem.N, "s": problem.s, "L": run.L, "init": run.init,
-        "alpha": run.alpha, "eta": run.eta, "eta_ratio": run.eta_ratio,
-        "schedule": run.schedule, "max_iters": run.max_iters, "tol": run.tol,
+        "instance_id": inst.instance_id, "method": run.method,
+        **_instance_columns(inst, problem),
+        **{p.name: run.params[p.name] for p in RUN_PARAMS if p.column},
         "status": result.status, "iterations": result.iterations,
         "loss_final": result.loss_final,
         **metrics.solution_metrics(result.x_final, bp.x, problem.x_star),
@@ -124,6 +123,13 @@ def _run_row(task: Task, inst: InstanceKey, problem: problems.Instance,
     if run.method == "wn":
         row.update(metrics.wn_metrics(run.alpha, run.eta_ratio, result.r0, result.r_final))
     return row
+
+
+def _instance_columns(inst: InstanceKey, problem: problems.Instance) -> dict:
+    """The instance parameters' columns; M, N and s as the instance's arrays have them (for an
+    instance file, s counts the nonzeros of its x_star)."""
+    return {**{p.name: inst.params[p.name] for p in INSTANCE_PARAMS if p.column},
+            "M": problem.M, "N": problem.N, "s": problem.s}
 
 
 def _table(rows: list[dict], table_schema: pa.Schema, meta: dict[bytes, bytes]) -> pa.Table:

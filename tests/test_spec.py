@@ -140,20 +140,21 @@ def test_example_from_sweeps_md():
     assert isinstance(spec, SweepSpec)
     assert (spec.name, spec.seed, spec.trials) == ("fig1-alpha", 0, 10)
     assert spec.description.startswith("Error vs initialization scale")
-    p = spec.problem
-    assert (p.M, p.N, p.sparsity, p.sign) == ((40,), (100,), (3, 5, 8), ("nonneg",))
+    p, ax = spec.problem, spec.axes
+    assert (ax["M"], ax["N"], ax["s"], ax["sign"]) == ((40,), (100,), (3, 5, 8), ("nonneg",))
     assert (p.file, p.file_sha256, p.file_shape, p.file_has_x_star) == (None, None, None, False)
-    assert spec.depth == (2, 3)
-    assert spec.init_scheme == ("constant",)
-    assert len(spec.alpha) == 13 and all(type(a) is float for a in spec.alpha)
-    assert spec.alpha[0] == pytest.approx(1e-3) and spec.alpha[-1] == pytest.approx(1.0)
-    assert spec.alpha[4] == pytest.approx(1e-2) and spec.alpha[8] == pytest.approx(1e-1)
+    assert ax["L"] == (2, 3)
+    assert ax["init"] == ("constant",)
+    assert len(ax["alpha"]) == 13 and all(type(a) is float for a in ax["alpha"])
+    assert ax["alpha"][0] == pytest.approx(1e-3) and ax["alpha"][-1] == pytest.approx(1.0)
+    assert ax["alpha"][4] == pytest.approx(1e-2) and ax["alpha"][8] == pytest.approx(1e-1)
     assert spec.methods == (
-        MethodSpec("gd", (0.01,)),
-        MethodSpec("wn", (0.01,), (0.01, 0.1, 1.0, 10.0), ("constant",)),
+        MethodSpec("gd", {"eta": (0.01,)}),
+        MethodSpec("wn", {"eta": (0.01,), "eta_ratio": (0.01, 0.1, 1.0, 10.0),
+                          "schedule": ("constant",)}),
     )
-    assert all(type(x) is float for x in spec.methods[1].eta_ratio)
-    assert (spec.train.max_iters, spec.train.tol, spec.train.checkpoints) == ((1000,), (1e-12,), 64)
+    assert all(type(x) is float for x in spec.methods[1].axes["eta_ratio"])
+    assert (ax["max_iters"], ax["tol"], ax["checkpoints"]) == ((1000,), (1e-12,), (64,))
     assert spec.bp_solver == "HIGHS" and spec.save_solutions is False
     assert spec.source == str(EXAMPLE) and spec.text == EXAMPLE.read_text()
     assert spec.to_dict() == json.loads(spec.canonical_json)
@@ -166,10 +167,11 @@ def test_defaults_are_filled_in():
     spec = parse_spec(MINIMAL)
     assert spec.source == "<string>" and spec.text == MINIMAL
     assert (spec.description, spec.seed, spec.trials) == ("", 0, 1)
-    assert spec.problem.sign == ("nonneg",) and spec.init_scheme == ("constant",)
-    assert spec.methods == (MethodSpec("gd", (0.1,)),
-                            MethodSpec("wn", (0.1,), (1.0,), ("constant",)))
-    assert (spec.train.tol, spec.train.checkpoints) == ((1e-12,), 64)
+    assert spec.axes["sign"] == ("nonneg",) and spec.axes["init"] == ("constant",)
+    assert spec.methods == (MethodSpec("gd", {"eta": (0.1,)}),
+                            MethodSpec("wn", {"eta": (0.1,), "eta_ratio": (1.0,),
+                                              "schedule": ("constant",)}))
+    assert (spec.axes["tol"], spec.axes["checkpoints"]) == ((1e-12,), (64,))
     assert spec.bp_solver == "HIGHS" and spec.save_solutions is False
     assert spec.to_dict() == {
         "name": "tiny", "description": "", "seed": 0, "trials": 1,
@@ -200,14 +202,16 @@ def test_axis_forms():
                       .replace("sparsity: 2}", "sparsity: 2, sign: [signed, nonneg]}")
                       .replace("wn: {eta: 0.1}",
                                "wn: {eta: 1, eta_ratio: 1e-2, schedule: [normalized, constant]}"))
-    assert spec.depth == (2, 3, 4) and all(type(x) is int for x in spec.depth)
-    assert spec.alpha == (0.25, 0.5, 0.75, 1.0)
-    assert spec.train.max_iters == (100, 1000, 10000)
-    assert all(type(x) is int for x in spec.train.max_iters)
-    assert spec.train.tol == (0.0, 1e-10)
-    assert spec.problem.M == (3, 4) and spec.problem.sign == ("signed", "nonneg")
-    assert spec.methods[1] == MethodSpec("wn", (1.0,), (0.01,), ("normalized", "constant"))
-    assert type(spec.methods[1].eta[0]) is float
+    ax = spec.axes
+    assert ax["L"] == (2, 3, 4) and all(type(x) is int for x in ax["L"])
+    assert ax["alpha"] == (0.25, 0.5, 0.75, 1.0)
+    assert ax["max_iters"] == (100, 1000, 10000)
+    assert all(type(x) is int for x in ax["max_iters"])
+    assert ax["tol"] == (0.0, 1e-10)
+    assert ax["M"] == (3, 4) and ax["sign"] == ("signed", "nonneg")
+    assert spec.methods[1] == MethodSpec("wn", {"eta": (1.0,), "eta_ratio": (0.01,),
+                                                "schedule": ("normalized", "constant")})
+    assert type(spec.methods[1].axes["eta"][0]) is float
 
 
 def test_scalar_list_and_values_forms_are_one_axis():
@@ -220,7 +224,7 @@ def test_scalar_list_and_values_forms_are_one_axis():
 def test_integral_floats_become_ints_and_solver_case():
     spec = parse_spec(MINIMAL.replace("max_iters: 10", "max_iters: 1e5")
                       + "seed: 7.0\nreference: {solver: highs}\n")
-    assert spec.train.max_iters == (100000,) and type(spec.train.max_iters[0]) is int
+    assert spec.axes["max_iters"] == (100000,) and type(spec.axes["max_iters"][0]) is int
     assert spec.seed == 7 and type(spec.seed) is int
     assert spec.bp_solver == "HIGHS"
 
@@ -292,7 +296,7 @@ def test_file_problem_resolves_relative_to_the_sweep(tmp_path: Path, monkeypatch
     assert p.file == str((folder / "data" / "inst.npz").resolve())
     assert p.file_sha256 == hashlib.sha256(data).hexdigest()
     assert p.file_shape == (3, 6) and p.file_has_x_star is True
-    assert p.M == p.N == p.sparsity == () and p.sign == ("nonneg", "signed")
+    assert not {"M", "N", "s"} & set(spec.axes) and spec.axes["sign"] == ("nonneg", "signed")
     assert spec.to_dict()["problem"] == {"sha256": p.file_sha256, "sign": ["nonneg", "signed"]}
     assert str(folder) not in spec.canonical_json
 

@@ -1,0 +1,305 @@
+"""The table of run parameters (pipeline/parameters.py) and every place derived from it.
+
+Each test walks ``PARAMS`` and checks one derived place against it: validation, the canonical
+spec, run identity, the engine configuration, the result row, the shard schema and the
+statistics' cell keys. ``test_adding_a_parameter_touches_only_the_table`` adds parameters to a
+copy of the package by editing nothing but the table, and runs a sweep with them. The run ids of
+every sweep file in the repository are pinned (tests/data/identities.json, written by wnsweep
+0.1), so a change that would orphan stored results fails here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from analysis.aggregate import cell_stats
+from pipeline import parameters, schema
+from pipeline.parameters import PARAMS, RUN_PARAMS, Param
+from pipeline.plan import make_plan
+from pipeline.spec import SpecError, load_spec, parse_spec
+from pipeline.task import _config, run_task
+
+REPO = Path(__file__).resolve().parents[1]
+IDENTITIES = json.loads((REPO / "tests" / "data" / "identities.json").read_text())
+
+BASE = {
+    "name": "table",
+    "problem": {"M": 4, "N": 8, "sparsity": 2},
+    "model": {"depth": 2},
+    "init": {"alpha": 0.1},
+    "methods": {"gd": {"eta": 0.05}, "wn": {"eta": 0.05}},
+    "train": {"max_iters": 20},
+}
+
+#: A valid value of each parameter other than the one BASE gives (or its default).
+OTHER = {"sign": "signed", "M": 5, "N": 9, "s": 3, "L": 3, "init": "random", "alpha": 0.2,
+         "eta": 0.02, "eta_ratio": 0.5, "schedule": "normalized", "max_iters": 30, "tol": 1e-9,
+         "checkpoints": 8}
+
+
+def _method(p: Param) -> str | None:
+    return None if p.methods is None else p.methods[-1]
+
+
+def _with(p: Param, value, method: str | None = None) -> dict:
+    """BASE with parameter ``p`` set to ``value`` (for ``method`` if it is a method's own)."""
+    doc = json.loads(json.dumps(BASE))
+    section = doc["methods"][method or _method(p)] if p.methods else doc.setdefault(p.section, {})
+    section[p.key] = value
+    return doc
+
+
+def _spec(doc: dict):
+    return parse_spec(yaml.safe_dump(doc), source="table.yaml")
+
+
+def _bad_values(p: Param) -> list:
+    """Values the table's constraint forbids."""
+    if p.choices:
+        return ["bogus", 1]
+    bad: list = ["text", True]
+    if p.kind == "int":
+        bad.append(2.5)
+    if p.gt is not None:
+        bad.append(p.gt)
+    if p.ge is not None:
+        bad.append(p.ge - 1)
+    if not p.axis:
+        bad.append([OTHER[p.name], OTHER[p.name] + 1])
+    return bad
+
+
+def test_every_parameter_has_a_test_value():
+    assert set(OTHER) == {p.name for p in PARAMS}
+
+
+@pytest.mark.parametrize("p", PARAMS, ids=lambda p: p.name)
+def test_validation_follows_the_table(p: Param):
+    for method in p.methods or (None,):
+        for bad in _bad_values(p):
+            with pytest.raises(SpecError) as info:
+                _spec(_with(p, bad, method))
+            assert info.value.field == p.field(method), (bad, str(info.value))
+    if p.methods is not None:  # a method's own key is refused under the other methods
+        for other in set(parameters.METHODS) - set(p.methods):
+            with pytest.raises(SpecError, match="unknown key") as info:
+                _spec(_with(p, OTHER[p.name], other))
+            assert info.value.field == f"methods.{other}.{p.key}"
+    doc = _with(p, OTHER[p.name])
+    section = doc["methods"][_method(p)] if p.methods else doc[p.section]
+    del section[p.key]
+    if p.required:
+        with pytest.raises(SpecError, match="required") as info:
+            _spec(doc)
+        assert info.value.field == p.field(_method(p))
+    else:
+        spec = _spec(doc)
+        axes = spec.methods[-1].axes if p.methods else spec.axes
+        assert axes[p.name] == (p.default,)
+
+
+@pytest.mark.parametrize("p", [p for p in PARAMS if p.axis], ids=lambda p: p.name)
+def test_identity_and_canonical_spec_follow_the_table(p: Param):
+    base = _spec(BASE)
+    base_value = (base.methods[-1].axes if p.methods else base.axes)[p.name][0]
+    one = _spec(_with(p, OTHER[p.name]))
+    both = _spec(_with(p, [OTHER[p.name], base_value]))
+    canonical = both.to_dict()
+    section = canonical["methods"][_method(p)] if p.methods else canonical[p.section]
+    assert len(section[p.key]) == 2
+    plan_one, plan_both = make_plan(one), make_plan(both)
+    assert len(plan_both.runs) > len(plan_one.runs)
+    assert plan_one.run_ids < plan_both.run_ids  # a second value adds runs, keeps the others
+    values = {r.params[p.name] if p.scope == "run" else
+              next(i for i in plan_both.instances if i.instance_id == r.instance_id).params[p.name]
+              for r in plan_both.runs if r.method == (_method(p) or r.method)}
+    assert len(values) == 2
+
+
+def test_run_id_is_the_documented_hash():
+    """docs/SWEEP_FILES.md, "Run identity": the sha256 of the canonical JSON of the resolved
+    parameters, floats to 12 significant digits, GD's WN-only parameters as nulls."""
+    spec = _spec(BASE)
+    plan = make_plan(spec)
+    inst = plan.instances[0]
+    for run in plan.runs[:2]:
+        identity = {"seed": 0, "trial": 0, "sign": "nonneg", "M": 4, "N": 8, "s": 2,
+                    "method": run.method, "L": 2, "init": "constant", "alpha": "0.1",
+                    "eta": "0.05", "eta_ratio": None if run.method == "gd" else "1",
+                    "schedule": None if run.method == "gd" else "constant", "max_iters": 20,
+                    "tol": "1e-12", "checkpoints": 64}
+        text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+        assert run.run_id == "r-" + hashlib.sha256(text.encode()).hexdigest()[:20]
+        assert run.instance_id == inst.instance_id
+
+
+@pytest.mark.parametrize("path", sorted(IDENTITIES), ids=lambda p: Path(p).name)
+def test_run_ids_of_repository_sweeps_are_unchanged(path):
+    spec = load_spec(REPO / path)
+    plan = make_plan(spec)
+    ids = sorted(r.run_id for r in plan.runs)
+    instances = sorted(i.instance_id for i in plan.instances)
+    assert {
+        "runs": len(ids),
+        "run_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+        "instance_ids_sha256": hashlib.sha256("\n".join(instances).encode()).hexdigest(),
+        "spec_hash": spec.spec_hash,
+    } == IDENTITIES[path]
+
+
+def test_engine_config_and_rows_follow_the_table():
+    doc = json.loads(json.dumps(BASE))
+    doc["methods"]["wn"].update(eta_ratio=0.5, schedule="normalized")
+    doc["train"].update(tol=1e-9, checkpoints=8)
+    plan = make_plan(_spec(doc))
+    [task] = plan.tasks()
+    result = run_task(task)
+    rows = result.runs.to_pylist()
+    assert len(rows) == len(plan.runs) == 2
+    by_id = {r.run_id: r for r in plan.runs}
+    inst = plan.instances[0]
+    for row in rows:
+        run = by_id[row["run_id"]]
+        config = _config(inst, run)
+        for p in RUN_PARAMS:
+            value = run.params[p.name]
+            if p.column:
+                assert row[p.name] == value, p.name
+            if p.engine is not None:
+                assert getattr(config, p.engine) == (p.default if value is None else value)
+            if not p.applies_to(run.method):
+                assert value is None and (not p.column or row[p.name] is None)
+        for p in parameters.INSTANCE_PARAMS:
+            assert row[p.name] == inst.params[p.name]
+    instance_row = result.instances.to_pylist()[0]
+    assert all(instance_row[p.name] == inst.params[p.name] for p in parameters.INSTANCE_PARAMS)
+
+
+def test_schema_follows_the_table():
+    for p in PARAMS:
+        if not p.column:
+            assert p.name not in schema.RUNS_SCHEMA.names
+            continue
+        assert schema.RUNS_SCHEMA.field(p.name).type == schema.ARROW_TYPES[p.kind]
+        if p.scope == "instance":
+            assert schema.INSTANCES_SCHEMA.field(p.name).type == schema.ARROW_TYPES[p.kind]
+
+
+@pytest.mark.parametrize("p", [p for p in PARAMS if p.column], ids=lambda p: p.name)
+def test_runs_differing_in_one_parameter_are_different_cells(p: Param):
+    row = {"run_id": "r", "trial": 0, "instance_id": "i", "method": "wn", "sign": "nonneg",
+           "M": 4, "N": 8, "s": 2, "L": 2, "init": "constant", "alpha": 0.1, "eta": 0.05,
+           "eta_ratio": 1.0, "schedule": "constant", "max_iters": 20, "tol": 1e-12,
+           "status": "converged", "iterations": 3, "error_l1": 1.0, "rel_error_l1": 0.5}
+    other = {**row, "run_id": "r2", p.name: OTHER[p.name]}
+    assert set(row) >= set(parameters.COLUMNS)
+    stats = cell_stats(pd.DataFrame([row, other]))
+    assert len(stats) == 2 and p.name in stats.columns
+
+
+# --------------------------------------------------------------------- adding a parameter
+
+#: Appended to PARAMS in a copy of the package: one shared axis, one WN-only axis. Neither
+#: feeds the engine, so runs that differ only in them compute the same numbers.
+NEW_PARAMS = """
+    Param("label", "train", "label", "int", "a tag", default=0, ge=0,
+          identity="unless_default"),
+    Param("wn_note", "methods", "note", "str", "a WN-only word", default="plain",
+          choices=("plain", "fancy"), methods=("wn",), identity="unless_default"),
+"""
+
+SWEEP = """\
+name: added
+seed: 2
+problem: {M: 6, N: 12, sparsity: 2}
+model: {depth: 2}
+init: {alpha: 0.1}
+methods: {gd: {eta: 0.05}, wn: {eta: 0.05%s}}
+train: {max_iters: 50%s}
+"""
+
+
+def _copy_with_new_params(tmp_path: Path) -> Path:
+    root = tmp_path / "pkg"
+    for package in ("pipeline", "analysis"):
+        shutil.copytree(REPO / package, root / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    source = root / "pipeline" / "parameters.py"
+    text = source.read_text()
+    anchor = "PARAMS: tuple[Param, ...] = ("
+    assert text.count(anchor) == 1
+    end = text.index("\n)\n", text.index(anchor))
+    source.write_text(text[:end] + textwrap.indent(textwrap.dedent(NEW_PARAMS), "    ").rstrip()
+                      + text[end:])
+    return root
+
+
+def _wnsweep(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(root), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True,
+                          text=True, env=env, cwd=root, timeout=300)
+
+
+@pytest.mark.slow
+def test_adding_a_parameter_touches_only_the_table(tmp_path: Path):
+    root = _copy_with_new_params(tmp_path)
+    plain, extended = tmp_path / "plain.yaml", tmp_path / "extended.yaml"
+    plain.write_text(SWEEP % ("", ""))
+    extended.write_text(SWEEP % (", note: [plain, fancy]", ", label: [0, 3]"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SWEEP % (", note: weird", ""))
+
+    refused = _wnsweep(root, "run", str(bad), "--executor", "serial", "--out",
+                       str(tmp_path / "bad-out"))
+    assert refused.returncode == 2 and "methods.wn.note" in refused.stderr
+    assert "plain, fancy" in refused.stderr and not (tmp_path / "bad-out").exists()
+
+    for path in (plain, extended):
+        done = _wnsweep(root, "run", str(path), "--executor", "serial", "--no-progress",
+                        "--out", str(tmp_path / path.stem))
+        assert done.returncode == 0, done.stderr
+    old = pq.read_table(tmp_path / "plain" / "runs").to_pandas()
+    new = pq.read_table(tmp_path / "extended" / "runs").to_pandas()
+
+    # the new columns exist, with the default where a run does not set them
+    assert set(new["label"]) == {0, 3} and set(old["label"]) == {0}
+    assert set(new.loc[new.method == "wn", "wn_note"]) == {"plain", "fancy"}
+    assert new.loc[new.method == "gd", "wn_note"].isna().all()
+    # runs at the defaults keep the run_ids they had before the parameters existed ...
+    assert set(old.run_id) == set(load_ids_without_new_params(plain))
+    at_defaults = new[(new.label == 0) & ((new.method == "gd") | (new.wn_note == "plain"))]
+    assert set(at_defaults.run_id) == set(old.run_id)
+    # ... and every other value is a new run, with the same numbers (they feed no engine)
+    assert len(new) == 2 * (1 + 2) and new.run_id.is_unique
+    fancy = new[(new.wn_note == "fancy") & (new.label == 0)]
+    base = new[(new.wn_note == "plain") & (new.label == 0)]
+    assert np.array_equal(np.stack(fancy.curve_loss.tolist()), np.stack(base.curve_loss.tolist()))
+    # the spec hash of a sweep that leaves them at their defaults is unchanged
+    manifest = json.loads((tmp_path / "plain" / "manifest.json").read_text())
+    assert manifest["spec_hash"] == load_spec(plain).spec_hash
+    # and the statistics keep the cells apart
+    code = ("import pandas as pd; from analysis.aggregate import cell_stats; "
+            "print(len(cell_stats(pd.read_parquet(%r))))" % str(tmp_path / "extended" / "runs"))
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    cells = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                           cwd=root)
+    assert cells.stdout.strip() == str(len(new)), cells.stderr
+
+
+def load_ids_without_new_params(path: Path) -> list[str]:
+    """Run ids of the sweep file as the unmodified package plans them."""
+    return [r.run_id for r in make_plan(load_spec(path)).runs]
