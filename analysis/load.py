@@ -137,7 +137,8 @@ def load(
     runs = runs.drop_duplicates("run_id", keep="first", ignore_index=True)
     if len(runs) < n_before:
         warnings.warn(
-            f"{n_before - len(runs)} duplicate run_id row(s) in {folder.path(RUNS)}; kept the first",
+            f"{n_before - len(runs)} duplicate run_id row(s) in {folder.path(RUNS)}; "
+            "kept the first",
             stacklevel=2,
         )
     inst = _concat([s.instances_table for s in done]).to_pandas()

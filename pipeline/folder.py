@@ -5,13 +5,13 @@ so they resolve the same URI, list the same files, and give every shard the same
 
     folder = ResultsFolder("results/quickstart")      # or file://..., s3://bucket/prefix?...
     folder.manifest(), folder.sweep_yaml()
-    inventory = folder.scan()                          # a verdict for every file under runs/, instances/
+    inventory = folder.scan()        # a verdict for every file in runs/ and instances/
 
 Shards are the files named ``part-<task>.parquet`` in ``runs/`` and ``instances/``; any other file
 there (``notes.txt``, ``extra.parquet``, a hidden ``.tmp-*`` left by an interrupted write) is
 *ignored*. The shards of one task form a pair, and the pair gets one verdict:
 
-- ``done``: both shards are valid (``is_valid_shard`` below); its run_ids count as stored.
+- ``done``: both shards are valid (the rule below); its run_ids count as stored.
 - ``corrupt``: one of them is not valid; the reason names what is wrong.
 - ``missing-instances``: a valid runs shard without its instances shard.
 - ``orphan-instances``: an instances shard without its runs shard (harmless: the instances shard
@@ -55,7 +55,6 @@ SHARD_PREFIX, SHARD_SUFFIX = "part-", ".parquet"
 
 DONE, CORRUPT = "done", "corrupt"
 MISSING_INSTANCES, ORPHAN_INSTANCES = "missing-instances", "orphan-instances"
-IGNORED = "ignored"
 
 SCHEMAS = {RUNS: schema.RUNS_SCHEMA, INSTANCES: schema.INSTANCES_SCHEMA}
 #: Columns a shard may omit (read as nulls). x_final is written only with output.save_solutions;
@@ -87,7 +86,7 @@ class ShardStatus:
     runs: int = 0
     detail: str = ""
     version: str = ""  # the wnsweep version that wrote the runs shard
-    path: str = ""  # the file the verdict is about (the runs shard unless the other one is at fault)
+    path: str = ""  # the file the verdict names (the runs shard, unless instances is at fault)
     run_ids: frozenset[str] = frozenset()
     spec_hashes: frozenset[str] = frozenset()
     runs_table: pa.Table | None = field(default=None, repr=False)

@@ -199,3 +199,13 @@ def test_a_resume_after_damage_recomputes_exactly_the_damaged_shard(results, bas
     assert again.already == TOTAL - 40 and again.computed == 40
     assert (results / "corrupt" / f"runs-{victim.name}").exists()
     assert set(analysis.load(results).run_id) == set(analysis.load(base).run_id)
+
+
+def test_an_unreadable_manifest_is_named_by_status_and_load_provenance(results, capsys):
+    (results / "manifest.json").write_text("{not json")
+    assert cli.main(["status", str(results)]) == 2
+    assert f"{results / 'manifest.json'}: not valid JSON" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="manifest.json: not valid JSON"):
+        provenance = analysis.load_provenance(results)
+    assert provenance["manifest"] is None and provenance["sweep_yaml"].startswith("name: tiny")
+    assert len(analysis.load(results)) == TOTAL  # the shards do not depend on it
