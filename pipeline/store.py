@@ -1,14 +1,17 @@
-"""Results on disk or on an object store (docs/SWEEP_FILES.md, "What lands on disk").
+"""Writing a results folder, on disk or on an object store (layout in docs/SWEEP_FILES.md).
 
 Layout: ``sweep.yaml``, ``manifest.json``, ``runs/part-<task>.parquet``,
 ``instances/part-<task>.parquet``. Every path goes through a pyarrow filesystem, so any URI that
-pyarrow understands (a local path, ``file://``, ``s3://``, ...) works.
+pyarrow understands (a local path, ``file://``, ``s3://``, ...) works. What counts as a valid
+shard, and which run_ids are stored, is decided by ``pipeline.folder`` (the same rules
+``analysis.load`` applies); this module writes, quarantines and cleans.
 
 Atomicity. A shard is written whole or not at all: on local disks under a hidden temporary name,
 then renamed; on object stores it is encoded in memory first and then uploaded to its final key in
-one write, so an interruption falls before the upload starts or after it has completed. The instances shard of a task is written before its runs shard, and a run counts
-as stored only when a runs shard holding it reads back whole, so a killed driver can leave at most
-a hidden temporary file or an unreferenced instances shard, both harmless.
+one write, so an interruption falls before the upload starts or after it has completed. The
+instances shard of a task is written before its runs shard, and a run counts as stored only when
+a runs shard holding it reads back whole, so a killed driver can leave at most a hidden temporary
+file or an unreferenced instances shard, both harmless.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import posixpath
 import socket
 import subprocess
 import uuid
-from dataclasses import dataclass, field
 from importlib import metadata
 
 import pyarrow as pa
@@ -30,43 +32,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import __version__, schema
+from pipeline.folder import (  # noqa: F401  (Inventory, ShardStatus: re-exported)
+    INSTANCES, RUNS, Inventory, ResultsFolder, ShardStatus, StoreError)
 from pipeline.spec import SweepSpec
 
-RUNS_DIR, INSTANCES_DIR, QUARANTINE_DIR = "runs", "instances", "corrupt"
+RUNS_DIR, INSTANCES_DIR, QUARANTINE_DIR = RUNS, INSTANCES, "corrupt"
 LIBRARIES = ("numpy", "scipy", "cvxpy", "highspy", "pyarrow", "pandas", "ray", "pyyaml")
-
-
-class StoreError(RuntimeError):
-    """The output folder cannot be used as asked (for example, written by another spec)."""
-
-
-@dataclass
-class ShardStatus:
-    """The state of one task's pair of shards."""
-
-    task_id: str
-    state: str  # done | corrupt | missing-instances | orphan-instances
-    runs: int = 0
-    detail: str = ""
-    version: str = ""  # the wnsweep version that wrote the runs shard
-
-
-@dataclass
-class Inventory:
-    """What an output folder holds: valid run_ids and the state of every shard."""
-
-    run_ids: set[str] = field(default_factory=set)
-    shards: list[ShardStatus] = field(default_factory=list)
-    duplicates: int = 0
-
-    @property
-    def corrupt(self) -> list[ShardStatus]:
-        return [s for s in self.shards if s.state not in ("done", "orphan-instances")]
-
-    @property
-    def versions(self) -> set[str]:
-        """The wnsweep versions that wrote the valid runs shards."""
-        return {s.version for s in self.shards if s.state == "done"}
 
 
 def compat_fingerprint(spec: SweepSpec) -> str:
@@ -76,32 +47,13 @@ def compat_fingerprint(spec: SweepSpec) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-class ResultsStore:
-    """One results folder (``uri``: a local path or a pyarrow filesystem URI)."""
+class ResultsStore(ResultsFolder):
+    """One results folder to write (``uri``: a local path or a pyarrow filesystem URI). Reading,
+    listing and the validity of shards are ``ResultsFolder``'s, shared with ``analysis.load``."""
 
-    def __init__(self, uri: str):
-        self.uri = uri
-        self.fs, self.root = _filesystem(uri)
-        self.local = isinstance(self.fs, pafs.LocalFileSystem)
-
-    # -- paths ------------------------------------------------------------------------------------
-
-    def path(self, *parts: str) -> str:
-        return posixpath.join(self.root, *parts)
-
-    def shard_path(self, kind: str, task_id: str) -> str:
-        return self.path(kind, f"part-{task_id}.parquet")
-
-    def _list(self, kind: str) -> dict[str, str]:
-        """task_id -> path of every visible shard of one kind."""
-        selector = pafs.FileSelector(self.path(kind), allow_not_found=True)
-        out = {}
-        for info in self.fs.get_file_info(selector):
-            name = info.base_name
-            if info.type == pafs.FileType.File and name.startswith("part-") \
-                    and name.endswith(".parquet"):
-                out[name[len("part-"):-len(".parquet")]] = info.path
-        return out
+    @property
+    def local(self) -> bool:
+        return self.is_local
 
     def _ensure_dir(self, path: str) -> None:
         """Create a folder on local disks; object stores have none (and creating the marker
@@ -109,16 +61,10 @@ class ResultsStore:
         if self.local:
             self.fs.create_dir(path, recursive=True)
 
-    def exists(self) -> bool:
-        return self.fs.get_file_info(self.path("manifest.json")).type == pafs.FileType.File
-
     # -- manifest and spec ------------------------------------------------------------------------
 
     def read_manifest(self) -> dict | None:
-        if not self.exists():
-            return None
-        with self.fs.open_input_stream(self.path("manifest.json")) as f:
-            return json.loads(f.read().decode())
+        return self.manifest()
 
     def prepare(self, spec: SweepSpec, force: bool = False, source: str | None = None) -> dict:
         """Check that this folder may take ``spec``'s runs and (re)write sweep.yaml and the
@@ -168,35 +114,9 @@ class ResultsStore:
             self._write_table(self.shard_path(kind, task_id), table.replace_schema_metadata(meta))
 
     def inventory(self) -> Inventory:
-        """Read every shard's run_ids, checking that each reads back whole."""
-        inv = Inventory()
-        runs, instances = self._list(RUNS_DIR), self._list(INSTANCES_DIR)
-        for task_id in sorted(set(runs) | set(instances)):
-            if task_id not in runs:
-                inv.shards.append(ShardStatus(task_id, "orphan-instances",
-                                              detail="no runs shard (an interrupted write)"))
-                continue
-            if task_id not in instances:
-                inv.shards.append(ShardStatus(task_id, "missing-instances",
-                                              detail="its instances shard is missing"))
-                continue
-            _, problem = self._read_shard(instances[task_id], schema.INSTANCES_SCHEMA)
-            runs_table, problem_runs = self._read_shard(runs[task_id], schema.RUNS_SCHEMA)
-            problem = problem_runs or (f"instances shard: {problem}" if problem else "")
-            ids: set[str] = set()
-            if not problem:
-                column = runs_table.column("run_id").to_pylist()
-                ids = set(column)
-                if len(ids) != len(column):
-                    problem = "repeats a run_id"
-            if problem:
-                inv.shards.append(ShardStatus(task_id, "corrupt", detail=problem))
-                continue
-            version = (runs_table.schema.metadata or {}).get(schema.META_VERSION, b"").decode()
-            inv.duplicates += len(inv.run_ids & ids)
-            inv.run_ids |= ids
-            inv.shards.append(ShardStatus(task_id, "done", runs=len(ids), version=version))
-        return inv
+        """Every shard pair's verdict and the valid run_ids, each shard read back whole once
+        (``ResultsFolder.scan``; no columns are kept, the run_ids are always collected)."""
+        return self.scan()
 
     def quarantine(self, statuses: list[ShardStatus]) -> None:
         """Move unusable shards to ``corrupt/`` so that they are out of the dataset but kept."""
@@ -223,23 +143,6 @@ class ResultsStore:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _read_shard(self, path: str, expected: pa.Schema) -> tuple[pa.Table | None, str]:
-        """(the whole table, "") of a shard that reads back whole with the expected columns and
-        the row count its metadata records, else (None, what is wrong)."""
-        try:
-            with self.fs.open_input_file(path) as f:
-                pf = pq.ParquetFile(f)
-                problem = _schema_problem(pf.schema_arrow, expected)
-                if problem:
-                    return None, problem
-                table = pf.read()  # reads every page, so a damaged one shows up here
-        except (OSError, pa.ArrowException) as exc:
-            return None, f"unreadable: {exc}"
-        rows = (table.schema.metadata or {}).get(schema.META_ROWS)
-        if rows is not None and int(rows) != table.num_rows:
-            return None, f"holds {table.num_rows} rows, its metadata says {int(rows)}"
-        return table, ""
-
     def _write_table(self, path: str, table: pa.Table) -> None:
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer, compression="zstd")
@@ -260,15 +163,6 @@ class ResultsStore:
                               f".tmp-{uuid.uuid4().hex[:12]}-{posixpath.basename(path)}")
 
 
-def _schema_problem(actual: pa.Schema, expected: pa.Schema) -> str:
-    for f in expected:
-        if f.name not in actual.names:
-            return f"column {f.name!r} missing"
-        if not actual.field(f.name).type.equals(f.type):
-            return f"column {f.name!r} is {actual.field(f.name).type}, expected {f.type}"
-    return ""
-
-
 def _incompatibility(manifest: dict, spec: SweepSpec) -> str:
     if manifest.get("sweep") not in (None, spec.name):
         return f"holds sweep {manifest.get('sweep')!r}, not {spec.name!r}"
@@ -278,12 +172,6 @@ def _incompatibility(manifest: dict, spec: SweepSpec) -> str:
                 f"output.save_solutions differ: stored {old.get('reference')}, "
                 f"{old.get('output')})")
     return ""
-
-
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
 def now() -> str:

@@ -132,6 +132,8 @@ def status_text(out: str) -> tuple[str, bool]:
     for shard in inventory.shards:
         detail = f"  {shard.detail}" if shard.detail else ""
         lines.append(f"  part-{shard.task_id}  {shard.state:<16} {shard.runs:>7} runs{detail}")
+    for name in inventory.ignored:
+        lines.append(f"  {name}  ignored (not a part-*.parquet shard)")
     corrupt = inventory.corrupt
     done = len(inventory.run_ids)
     if len(inventory.versions) > 1:

@@ -330,7 +330,8 @@ def test_write_report_full(grid_folder: Path):
 
 def test_write_report_skips_unsupported_figures(tmp_path: Path):
     runs = sr.grid_runs(alphas=(1e-2, 1e-1), s_values=(3,), Ls=(2,), eta_ratios=(0.1,), trials=1)
-    root = sr.write_results(tmp_path / "one-s", runs, manifest={})
+    # one instance, so one shard pair: every runs shard has its instances shard, as the store writes
+    root = sr.write_results(tmp_path / "one-s", runs, manifest={}, n_shards=1)
     res = write_report(str(root), out_dir=str(tmp_path / "out"))
     assert res.skipped["phase diagram alpha x s"] == "needs >= 2 values of s, found 1"
     assert res.skipped["phase diagram alpha x eta~"] == "needs >= 2 values of eta~ (WN-GD), found 1"
