@@ -1,4 +1,6 @@
-"""docs/SWEEP_FILES.md stays true to the parser: its sweeps parse, its keys exist, its paths exist."""
+"""The docs stay true to the code: docs/SWEEP_FILES.md's sweeps parse, its keys exist and its column
+tables equal pipeline/schema.py; every repository path, section and anchor that the docs and
+docstrings name exists; nothing tracked points to documents outside the repository."""
 
 from __future__ import annotations
 
@@ -296,3 +298,23 @@ def test_no_tracked_file_points_outside_the_repository():
         if found:
             offenders.append(f"{path.relative_to(REPO)}: {found}")
     assert not offenders, f"tracked files refer to documents outside the repository: {offenders}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lowercase, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_slug_matches_github():
+    assert _slug("Run identity: what changes run_ids") == "run-identity-what-changes-run_ids"
+    assert _slug("Predicted gradient-flow limits (the theory overlay)") == \
+        "predicted-gradient-flow-limits-the-theory-overlay"
+
+
+@pytest.mark.parametrize("doc", sorted((REPO / "docs").glob("*.md")), ids=lambda p: p.name)
+def test_anchors_resolve(doc):
+    """Every [text](#anchor) link of a doc leads to one of its own headings."""
+    text = doc.read_text(encoding="utf-8")
+    slugs = {_slug(h) for h in headings(doc)}
+    broken = sorted(set(re.findall(r"\]\(#([^)]+)\)", text)) - slugs)
+    assert not broken, f"{doc.name}: links to missing headings {broken}"
