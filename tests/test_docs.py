@@ -1,4 +1,6 @@
-"""docs/SWEEP_FILES.md stays true to the parser: its sweeps parse, its keys exist, its paths exist."""
+"""The docs stay true to the code: docs/SWEEP_FILES.md's sweeps parse, its keys exist and its column
+tables equal pipeline/schema.py; every repository path, section and anchor that the docs and
+docstrings name exists; nothing tracked points to documents outside the repository."""
 
 from __future__ import annotations
 
@@ -121,3 +123,198 @@ def test_mentioned_paths_exist():
 @pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
 def test_repository_sweeps_parse(path):
     load_spec(path)
+
+
+# --- the column tables of "What lands on disk" against pipeline/schema.py -----------------------
+
+
+def _type_name(t) -> str:
+    """An Arrow type as the doc writes it: int64, float64, string, list<float64>."""
+    import pyarrow as pa
+
+    if pa.types.is_list(t):
+        return f"list<{_type_name(t.value_type)}>"
+    return {"double": "float64"}.get(str(t), str(t))
+
+
+def column_table(text: str, heading: str) -> list[tuple[str, str]]:
+    """(column, type) rows of the first | Column | Type | ... table under ``heading``."""
+    section = re.search(rf"^#+ {re.escape(heading)}[ \t]*\n(.*?)(?=^#)", text + "\n#",
+                        flags=re.S | re.M)
+    assert section, f"{DOC.name} has no section {heading!r}"
+    table = re.search(r"^\| Column \| Type \|.*?\n((?:\|.*\n?)+)", section.group(1), flags=re.M)
+    assert table, f"{DOC.name}: no | Column | Type | table under {heading!r}"
+    rows = []
+    for row in table.group(1).splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+        if not cells or set(cells[0]) <= {"-", ":"}:
+            continue
+        rows.append((cells[0].strip("`"), cells[1].replace("\\", "")))
+    return rows
+
+
+def schema_rows(schema) -> list[tuple[str, str]]:
+    return [(f.name, _type_name(f.type)) for f in schema]
+
+
+@pytest.mark.parametrize("kind", ["runs", "instances"])
+def test_column_tables_match_schema(kind):
+    from pipeline import schema
+
+    expected = schema_rows(schema.RUNS_SCHEMA if kind == "runs" else schema.INSTANCES_SCHEMA)
+    documented = column_table(TEXT, f"Columns of `{kind}`")
+    missing = [r for r in expected if r not in documented]
+    extra = [r for r in documented if r not in expected]
+    assert not missing and not extra, (
+        f"{DOC.name}, columns of {kind}: undocumented or mistyped {missing}; "
+        f"documented but not in pipeline/schema.py {extra}")
+    assert documented == expected, f"{DOC.name}: columns of {kind} not in schema order"
+
+
+def test_column_table_check_bites():
+    """A table missing a row, or with a wrong type, no longer equals the schema."""
+    from pipeline import schema
+
+    expected = schema_rows(schema.RUNS_SCHEMA)
+    dropped = re.sub(r"^\| `alpha_eff` \|.*\n", "", TEXT, flags=re.M)
+    assert column_table(dropped, "Columns of `runs`") != expected
+    retyped = re.sub(r"^(\| `iterations` \| )int64", r"\1float64", TEXT, flags=re.M)
+    assert column_table(retyped, "Columns of `runs`") != expected
+
+
+# --- the repository is self-contained: its paths exist, nothing points outside it ---------------
+
+
+def tracked_files() -> list[Path]:
+    """The repository's tracked files (skips when this is not a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True,
+                             check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("not a git checkout")
+    files = [REPO / p for p in out.decode().split("\0") if p]
+    if not files:
+        pytest.skip("not a git checkout")
+    return [p for p in files if p.is_file()]
+
+
+DOC_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml"}
+#: A repository path as docstrings and docs name them (docs/MODEL.md, pipeline/dynamics.py, ...).
+REPO_PATH = re.compile(
+    r"(?<![\w/.~<>-])((?:docs|pipeline|analysis|tests|sweeps|benchmarks)/[\w./-]*"
+    r"\.(?:md|py|yaml|ipynb|png))(?![\w/])")
+#: A reference to a section: docs/X.md, "Heading" (and "Other heading").
+SECTION_REF = re.compile(r"(docs/[\w/-]+\.md),\s*((?:\"[^\"\n]+\"(?:\s+and\s+|,\s*)?)+)")
+
+
+def docstrings(source: str) -> str:
+    """The module, class and function docstrings of a Python source, one after the other."""
+    import ast
+
+    nodes = [n for n in ast.walk(ast.parse(source))
+             if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+    return "\n".join(d for d in (ast.get_docstring(n, clean=False) for n in nodes) if d)
+
+
+def _text_files() -> list[tuple[Path, str]]:
+    """(path, text) of the docs and sweep files, and the docstrings of every Python file: the
+    places a reader follows a path from (test code may name made-up paths on purpose)."""
+    out = []
+    for path in tracked_files():
+        if path.suffix not in DOC_SUFFIXES:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        out.append((path, docstrings(text) if path.suffix == ".py" else text))
+    return out
+
+
+def named_paths(text: str) -> set[str]:
+    return set(REPO_PATH.findall(text))
+
+
+def headings(doc: Path) -> list[str]:
+    text = doc.read_text(encoding="utf-8")
+    return [h.replace("`", "").strip()
+            for h in re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M),
+                                flags=re.M)]
+
+
+def test_named_paths_check_bites():
+    source = '"""See docs/MODEL.md and pipeline/nowhere.py."""\ndef f():\n    "tests/gone.py"\n'
+    assert named_paths(docstrings(source)) == {"docs/MODEL.md", "pipeline/nowhere.py",
+                                                "tests/gone.py"}
+    assert not named_paths("results/<name>/runs/part-<task>.parquet and ../docs/x.mdx")
+
+
+def test_every_named_path_exists():
+    missing = sorted(f"{path.relative_to(REPO)}: {p}" for path, text in _text_files()
+                     for p in named_paths(text) if not (REPO / p).exists())
+    assert not missing, f"files name repository paths that do not exist: {missing}"
+
+
+def test_every_named_section_exists():
+    checked, missing = 0, []
+    for path, text in _text_files():
+        for doc, names in SECTION_REF.findall(text):
+            if not (REPO / doc).exists():
+                continue  # test_every_named_path_exists reports it
+            found = headings(REPO / doc)
+            for name in re.findall(r"\"([^\"]+)\"", names):
+                name = " ".join(name.split())
+                checked += 1
+                if not any(h.startswith(name) for h in found):
+                    missing.append(f"{path.relative_to(REPO)}: {doc}, {name!r}")
+    assert checked >= 5, "expected the module docstrings' section references"
+    assert not missing, f"references to sections that do not exist: {missing}"
+
+
+#: Paths of the planning documents that live outside the repository (built so that this file does
+#: not contain them itself).
+OUTSIDE = ("../" + "shared", "shared" + "/spec", "SWEEPS" + ".md")
+
+
+def outside_references(text: str) -> list[str]:
+    return [s for s in OUTSIDE if s in text]
+
+
+def test_outside_reference_check_bites():
+    assert outside_references("see " + "SWEEPS" + ".md") == ["SWEEPS" + ".md"]
+    assert outside_references("docs/SWEEP_FILES.md and docs/MODEL.md") == []
+
+
+def test_no_tracked_file_points_outside_the_repository():
+    offenders = []
+    for path in tracked_files():
+        try:
+            text = path.read_bytes().decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        found = outside_references(text)
+        if found:
+            offenders.append(f"{path.relative_to(REPO)}: {found}")
+    assert not offenders, f"tracked files refer to documents outside the repository: {offenders}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lowercase, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_slug_matches_github():
+    assert _slug("Run identity: what changes run_ids") == "run-identity-what-changes-run_ids"
+    assert _slug("Predicted gradient-flow limits (the theory overlay)") == \
+        "predicted-gradient-flow-limits-the-theory-overlay"
+
+
+@pytest.mark.parametrize("doc", sorted((REPO / "docs").glob("*.md")), ids=lambda p: p.name)
+def test_anchors_resolve(doc):
+    """Every [text](#anchor) link of a doc leads to one of its own headings."""
+    text = doc.read_text(encoding="utf-8")
+    slugs = {_slug(h) for h in headings(doc)}
+    broken = sorted(set(re.findall(r"\]\(#([^)]+)\)", text)) - slugs)
+    assert not broken, f"{doc.name}: links to missing headings {broken}"
