@@ -122,7 +122,7 @@ def test_measured_imbalance_matches_a_dense_eigendecomposition(h):
 # --- the batched engine ---------------------------------------------------------------------------
 
 
-def test_batched_engine_matches_a_plain_loop():
+def test_batched_engine_matches_a_plain_loop(monkeypatch):
     inst = twolayer.generate_instance(6, 15, 2, seed=4)
     A, Y = inst.A, inst.Y
     grid = [(3, 0.02, 2000, 1e-10), (8, 0.05, 300, 1e-14), (8, 0.01, 50, 0.0), (3, 0.05, 2000, 0.0),
@@ -162,6 +162,14 @@ def test_batched_engine_matches_a_plain_loop():
         assert res.seconds > 0
     assert statuses == {"converged", "max_iters", "diverged"}
     assert len({r.iterations for r in results}) >= 6  # rows left the batch at different times
+    # one run per chunk: the same numbers (a run does not depend on its batch)
+    monkeypatch.setattr(twolayer, "CHUNK_BYTES", 1)
+    alone = twolayer.run_batch(A, Y, configs, U0s, V0s)
+    for res, single in zip(results, alone):
+        assert (single.status, single.iterations) == (res.status, res.iterations)
+        if res.status != "diverged":
+            np.testing.assert_allclose(single.product, res.product, rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(single.curve_loss, res.curve_loss, rtol=1e-9, atol=1e-25)
 
 
 def test_divergence_is_a_status_without_warnings(instance):
