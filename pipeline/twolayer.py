@@ -181,16 +181,21 @@ def initial_weights(
             raise ValueError(f"init scheme 'range' needs A with N={N} columns")
         Q = row_space_basis(np.asarray(A, dtype=np.float64))
         U = Q @ (Q.T @ U)
-    scale = alpha / np.sqrt(width)
-    U *= scale * np.exp(0.5 * imbalance)
-    V *= scale * np.exp(-0.5 * imbalance)
+    with np.errstate(over="ignore", under="ignore"):
+        scale_U = alpha / np.sqrt(width) * np.exp(0.5 * imbalance)
+        scale_V = alpha / np.sqrt(width) * np.exp(-0.5 * imbalance)
+    if not (np.isfinite(scale_U) and np.isfinite(scale_V) and scale_U > 0 and scale_V > 0):
+        raise ValueError(f"alpha={alpha}, imbalance={imbalance}: a layer scale over/underflows")
+    U *= scale_U
+    V *= scale_V
     return U, V
 
 
 def imbalance_eigenvalues(U: np.ndarray, V: np.ndarray) -> np.ndarray:
     """Eigenvalues of D = U^T U - V^T V in ascending order, shape (h,). U: (N, h), V: (K, h).
     O(h (N + K)^2) when h > N + K: D = Z J Z^T with Z = [U^T V^T] = Q T, J = diag(I_N, -I_K), so its
-    nonzero eigenvalues are those of T J T^T and the other h - N - K are 0."""
+    nonzero eigenvalues are those of T J T^T and the other h - N - K are 0 (a dense eigvalsh of D,
+    O(h^3), otherwise)."""
     (N, h), K = U.shape, V.shape[0]
     if h <= N + K:
         return np.linalg.eigvalsh(U.T @ U - V.T @ V)
@@ -407,7 +412,10 @@ class _Rows:
 class _WidthGroup:
     """Runs of one width on one instance."""
 
-    def __init__(self, A, Y, configs, U0s, V0s, return_weights):
+    def __init__(
+        self, A: np.ndarray, Y: np.ndarray, configs: Sequence[TwoLayerConfig],
+        U0s: Sequence[np.ndarray], V0s: Sequence[np.ndarray], return_weights: bool,
+    ) -> None:
         self.A, self.A_T, self.Y_T = A, np.ascontiguousarray(A.T), np.ascontiguousarray(Y.T)
         (M, N), K, h = A.shape, Y.shape[1], configs[0].width
         self.configs, self.return_weights = configs, return_weights

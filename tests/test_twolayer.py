@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from pipeline import twolayer
+from pipeline import problems, twolayer
 from pipeline.twolayer import TwoLayerConfig
 
 
@@ -53,7 +53,19 @@ def instance():
     return twolayer.generate_instance(10, 30, 1, seed=1)
 
 
-# --- gradients and initialization -----------------------------------------------------------------
+# --- instances, gradients and initialization -----------------------------------------------------
+
+
+def test_instances_share_A_with_the_diagonal_family_and_are_seeded():
+    inst = twolayer.generate_instance(10, 30, 3, seed=11)
+    assert np.array_equal(inst.A, problems.generate_instance(10, 30, 2, False, seed=11).A)
+    assert inst.Y.shape == (10, 3) and np.allclose(inst.Y, inst.A @ inst.X_star)
+    assert np.array_equal(inst.X_star, twolayer.generate_instance(10, 30, 3, seed=11).X_star)
+    sparse = twolayer.generate_instance(10, 30, 3, seed=11, sparsity=4)
+    assert list(np.count_nonzero(sparse.X_star, axis=0)) == [4, 4, 4]
+    P_ref = twolayer.min_norm_solution(inst.A, inst.Y)
+    np.testing.assert_allclose(P_ref, np.linalg.pinv(inst.A) @ inst.Y, atol=1e-12)
+
 
 
 @pytest.mark.parametrize("K", [1, 3])
@@ -101,6 +113,8 @@ def test_initial_weights_are_seeded_and_imbalance_rescales_along_the_symmetry(in
     np.testing.assert_allclose(instance.A @ (U - Ur), 0.0, atol=1e-13)
     with pytest.raises(ValueError, match="range"):
         twolayer.initial_weights(N, K, h, alpha, "range", 0.0, seed=7)
+    with pytest.raises(ValueError, match="underflows"):
+        twolayer.initial_weights(N, K, h, alpha, "random", 2000.0, seed=7)
 
 
 @pytest.mark.parametrize("h", [3, 12, 200])
