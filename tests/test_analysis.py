@@ -303,6 +303,7 @@ def test_plot_alpha_eff(grid: pd.DataFrame):
 
 
 # ----------------------------------------------------------------------------- report
+@pytest.mark.slow
 def test_write_report_full(grid_folder: Path):
     res = write_report(str(grid_folder))
     out = grid_folder / "report"
