@@ -329,6 +329,7 @@ def test_write_report_full(grid_folder: Path):
     assert "index.html" in text and "0 skipped" in text
 
 
+@pytest.mark.slow
 def test_write_report_skips_unsupported_figures(tmp_path: Path):
     runs = sr.grid_runs(alphas=(1e-2, 1e-1), s_values=(3,), Ls=(2,), eta_ratios=(0.1,), trials=1)
     root = sr.write_results(tmp_path / "one-s", runs, manifest={})

@@ -37,6 +37,7 @@ def test_serial_run_prints_only_the_summary(make_sweep, tmp_path):
     assert proc.stderr == "" and SUMMARY.fullmatch(proc.stdout), proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_serial_run_verbose_shows_the_solver_banner(make_sweep, tmp_path):
     proc = wnsweep_run(str(make_sweep()), "--out", str(tmp_path / "out"), "--executor", "serial",
                        "--no-progress", "--verbose")
