@@ -73,7 +73,7 @@ def silence_highs_banner() -> None:
     else runs meanwhile. Ray workers do not need this when their output is not forwarded."""
     try:
         import highspy
-    except ImportError:  # another solver is configured; nothing to silence
+    except ImportError:  # no highspy, no banner
         return
     sys.stdout.flush()
     saved = os.dup(1)
