@@ -21,7 +21,6 @@ from typing import Any, Sequence
 import matplotlib as mpl
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
@@ -164,8 +163,9 @@ def _title(fixed: dict) -> str:
 
 
 def _eta_colors(etas: Sequence[float]) -> dict:
-    pal = sns.color_palette("viridis", max(len(etas), 1))
-    return {e: pal[i] for i, e in enumerate(etas)}
+    """One viridis colour per eta~, evenly spaced with both ends of the map left out."""
+    pal = mpl.colormaps["viridis"](np.linspace(0, 1, max(len(etas), 1) + 2)[1:-1])[:, :3]
+    return {e: tuple(pal[i]) for i, e in enumerate(etas)}
 
 
 # ----------------------------------------------------------------------------- figures

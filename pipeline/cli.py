@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true",
                    help="discard results written to --out by a different spec")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--verbose", action="store_true",
+                   help="show Ray's start-up logs and warnings, the workers' output and the "
+                   "solver's banner (default: only the progress bar, the summary and errors)")
 
     s = sub.add_parser("status", help="done / missing / corrupt, per shard")
     s.add_argument("results", help="results folder or URI")
@@ -82,10 +85,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.task_seconds <= 0:
             print("wnsweep: error: --task-seconds must be > 0", file=sys.stderr)
             return 2
+        if not args.verbose and args.executor == "serial":  # solves in this process
+            from pipeline.reference import silence_highs_banner
+
+            silence_highs_banner()
         outcome = sweep.run_sweep(
             args.sweep, out=args.out, executor=args.executor, address=args.address,
             force=args.force, progress=False if args.no_progress else None,
-            num_cpus=args.num_cpus, task_seconds=args.task_seconds)
+            num_cpus=args.num_cpus, task_seconds=args.task_seconds, verbose=args.verbose)
         print(f"{outcome.computed} runs computed in {outcome.seconds:.1f} s "
               f"({outcome.already} already stored, {outcome.planned} planned) -> {outcome.out}")
         for task_id, error in outcome.failed:

@@ -9,8 +9,10 @@ instance file's bytes once through the object store. This is the only module tha
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,17 +79,28 @@ def _ray_task(task: Task, data: bytes | None) -> TaskResult:
     return run_task(task, data, node=f"{socket.gethostname()}:{node}")
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
+def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> bool:
     """Connect to Ray: an existing cluster (``address`` or RAY_ADDRESS), else a new local
     instance. Returns True when this call started Ray (and so should shut it down). Raises
-    ConnectionError when the cluster cannot be reached."""
+    ConnectionError when the cluster cannot be reached.
+
+    Quiet unless ``verbose``: Ray's driver logging at error level and the workers' output left in
+    their log files (``logging_level``, ``log_to_driver`` of ``ray.init``). A failing task still
+    reaches the user: Ray raises its traceback in the driver as the task's error."""
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local" and not verbose and "ray" not in sys.modules:
+        # Ray (2.59+) turns token authentication on for a new local instance and warns that it
+        # did unless RAY_AUTH_MODE is set. Setting it, as Ray's token-authentication guide says,
+        # keeps that default without the warning. Ray reads it when imported: once Ray is
+        # imported it is left to Ray (whose warning is then below the error level anyway).
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kwargs = {"include_dashboard": False, "log_to_driver": True}
+    kwargs = {"include_dashboard": False, "log_to_driver": verbose,
+              "logging_level": logging.INFO if verbose else logging.ERROR}
     if address == "local":
         kwargs["num_cpus"] = num_cpus
     # the workers import this package from the installed distribution; on a cluster set

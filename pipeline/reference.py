@@ -8,6 +8,8 @@ A failed or inaccurate solve is a status in the result, never an exception.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -58,6 +60,30 @@ def basis_pursuit(
     residual = np.linalg.norm(A @ value - b) / max(np.linalg.norm(b), np.finfo(float).tiny)
     accurate = problem.status == cp.OPTIMAL and residual <= FEASIBILITY_TOL
     return BasisPursuit(value, "optimal" if accurate else "inaccurate", solver, seconds)
+
+
+def silence_highs_banner() -> None:
+    """Keep HiGHS's two-line copyright banner out of this process's output.
+
+    The solves are silent (cvxpy's ``verbose=False`` sets HiGHS's ``log_to_console`` off), but
+    highspy (1.16) prints the banner when a process creates its first ``Highs`` object, before any
+    option can be set: cvxpy creates one to read ``inf`` before it passes options, so neither
+    ``verbose`` nor ``output_flag`` reaches it. It is printed once per process, so creating that
+    first object here with the C-level standard output pointed at /dev/null spends it; nothing
+    else runs meanwhile. Ray workers do not need this when their output is not forwarded."""
+    try:
+        import highspy
+    except ImportError:  # no highspy, no banner
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def min_l2_interpolant(A: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -55,8 +55,10 @@ def _stored_run_ids(out: str) -> set[str]:
 
 def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
               address: str | None = None, force: bool = False, progress: bool | None = None,
-              num_cpus: int | None = None, task_seconds: float = TASK_SECONDS) -> SweepOutcome:
-    """Run (or resume) a sweep into ``out`` (default results/<name>). Raises SpecError on a bad
+              num_cpus: int | None = None, task_seconds: float = TASK_SECONDS,
+              verbose: bool = False) -> SweepOutcome:
+    """Run (or resume) a sweep into ``out`` (default results/<name>); ``verbose`` lets Ray's
+    logs and the workers' output through (``executors.init_ray``). Raises SpecError on a bad
     sweep file, StoreError on an unusable output folder and ConnectionError when the Ray cluster
     cannot be reached, before anything is written."""
     spec = load_spec(spec_path)  # validation comes first: a bad file writes nothing
@@ -65,7 +67,8 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
     if executor not in ("serial", "ray"):
         raise ValueError(f"unknown executor {executor!r}; allowed: serial, ray")
     results = store.ResultsStore(out)
-    started_ray = executor == "ray" and executors.init_ray(address, num_cpus=num_cpus)
+    started_ray = executor == "ray" and executors.init_ray(
+        address, num_cpus=num_cpus, verbose=verbose)
     try:
         source = os.path.abspath(spec_path) if "://" not in spec_path else spec_path
         manifest = results.prepare(spec, force=force, source=source)

@@ -303,6 +303,7 @@ def test_plot_alpha_eff(grid: pd.DataFrame):
 
 
 # ----------------------------------------------------------------------------- report
+@pytest.mark.slow
 def test_write_report_full(grid_folder: Path):
     res = write_report(str(grid_folder))
     out = grid_folder / "report"
@@ -328,6 +329,7 @@ def test_write_report_full(grid_folder: Path):
     assert "index.html" in text and "0 skipped" in text
 
 
+@pytest.mark.slow
 def test_write_report_skips_unsupported_figures(tmp_path: Path):
     runs = sr.grid_runs(alphas=(1e-2, 1e-1), s_values=(3,), Ls=(2,), eta_ratios=(0.1,), trials=1)
     # one instance, so one shard pair: every runs shard has its instances shard, as the store writes

@@ -9,6 +9,8 @@ import pytest
 import analysis
 from pipeline import sweep
 
+pytestmark = pytest.mark.slow  # sweeps of 60,000-iteration runs
+
 CLAIMS = """\
 name: claims
 seed: 11

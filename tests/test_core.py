@@ -311,6 +311,7 @@ def test_metrics_by_hand():
     assert w["alpha_eff"] == pytest.approx(0.1 * np.exp(-c))
 
 
+@pytest.mark.slow
 def test_alpha_eff_statement():
     """WN-GD's limit is (close to) plain GD's limit from alpha_eff = alpha exp(-C_inf).
 

@@ -7,9 +7,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import analysis
 from pipeline import plan, spec
 from tests.conftest import REPO, SLOW_SWEEP
+
+pytestmark = pytest.mark.slow  # a multi-node Ray cluster
 
 # Runs in its own process: a Cluster needs its own ray.init, and the test session already has one.
 DRIVER = r"""

@@ -16,6 +16,8 @@ from tests.conftest import REPO
 
 matplotlib.use("Agg")
 
+pytestmark = pytest.mark.slow  # every figure of a real sweep, and a notebook kernel
+
 
 @pytest.fixture(scope="module")
 def real_results(tmp_path_factory):

@@ -18,6 +18,8 @@ moto_server = pytest.importorskip("moto.server")
 
 BUCKET = "wnsweep-results"
 
+pytestmark = pytest.mark.slow  # an S3 server (moto)
+
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
@@ -168,7 +170,6 @@ def test_writes_nothing_outside_its_prefix(s3, make_sweep):
     assert not outside, sorted(outside)
 
 
-@pytest.mark.slow
 def test_ray_executor_writes_to_s3(ray_local, s3, make_sweep):
     """The cluster path: Ray tasks compute, the driver uploads each shard."""
     client, uri = s3

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import pickle
 import shutil
 import textwrap
@@ -57,7 +56,6 @@ def test_bad_sweep_is_rejected_naming_the_field(path: Path):
     assert err.field == expected_field(path), str(err)
     assert err.file == str(path)
     assert str(path) in str(err) and err.field in str(err)
-    assert str(err) == f"{err.file}: {err.field}: {err.message}"
     assert isinstance(err, ValueError)
 
 
@@ -157,8 +155,6 @@ def test_example_from_sweeps_md():
     assert (ax["max_iters"], ax["tol"], ax["checkpoints"]) == ((1000,), (1e-12,), (64,))
     assert spec.bp_solver == "HIGHS" and spec.save_solutions is False
     assert spec.source == str(EXAMPLE) and spec.text == EXAMPLE.read_text()
-    assert spec.to_dict() == json.loads(spec.canonical_json)
-    assert spec.spec_hash == hashlib.sha256(spec.canonical_json.encode()).hexdigest()
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "other"  # type: ignore[misc]
 

@@ -157,6 +157,7 @@ def _wait_for_shards(folder: Path, count: int, proc: subprocess.Popen, timeout: 
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_killed_driver_loses_and_duplicates_nothing(ray_local, make_sweep, tmp_path):
     path = make_sweep(text=SLOW_SWEEP)
     out = tmp_path / "out"
@@ -182,6 +183,7 @@ def test_killed_driver_loses_and_duplicates_nothing(ray_local, make_sweep, tmp_p
     assert len(runs) == total and runs.run_id.is_unique and set(runs.run_id) == planned_ids(path)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_the_rerun_completes(make_sweep, tmp_path):
     path = make_sweep(text=SLOW_SWEEP)
     out = tmp_path / "out"
