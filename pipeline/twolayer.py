@@ -1,4 +1,4 @@
-"""Single-hidden-layer linear networks trained by batched GD (docs/MODEL.md, "Second model family").
+"""Single-hidden-layer linear networks trained by batched GD (docs/MODEL.md, "The two-layer family").
 
 The model (Min, Tarmoun, Vidal & Mallada 2021, as reconstructed from their abstract):
 

@@ -1,5 +1,5 @@
 """The single-hidden-layer linear network core (pipeline/twolayer.py) against docs/MODEL.md,
-"Second model family": gradients, the batched engine against a plain loop, the range
+"The two-layer family": gradients, the batched engine against a plain loop, the range
 initialization's exact minimum-norm limit, distance to A^+ Y against width, convergence rate against
 imbalance, divergence as a status, and the conservation of U^T U - V^T V."""
 
