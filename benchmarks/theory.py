@@ -69,8 +69,9 @@ def measure(shapes, alphas, repeats: int, seed: int = 0) -> list[dict]:
                         t_pred, pred = best_of(repeats, lambda: theory.predicted_limit(
                             inst.A, inst.b, w0, depth, signed))
                         if pred.status != "ok":
-                            raise SystemExit(f"prediction not ok at {(M, N, signed, depth, alpha, scheme)}:"
-                                             f" {pred.status} {pred.message}")
+                            where = (M, N, signed, depth, alpha, scheme)
+                            raise SystemExit(f"prediction not ok at {where}: {pred.status} "
+                                             f"{pred.message}")
                         rows.append({
                             "M": M, "N": N, "sign": "signed" if signed else "nonneg",
                             "L": depth, "alpha": alpha, "init": scheme,
@@ -96,7 +97,8 @@ def print_table(rows: list[dict]) -> None:
               f"{r['init']:>8} {r['newton_iterations']:>6} {1e3 * r['predict_s']:>10.1f} "
               f"{1e3 * r['basis_pursuit_s']:>8.1f} {r['ratio']:>7.2f} {r['pred_l1_gap']:>9.2e}")
     ratios = np.array([r["ratio"] for r in rows])
-    print(f"pred/BP: median {np.median(ratios):.2f}, max {ratios.max():.2f} over {len(rows)} solves")
+    print(f"pred/BP: median {np.median(ratios):.2f}, max {ratios.max():.2f} "
+          f"over {len(rows)} solves")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,93 +1,107 @@
 """Predicted gradient-flow limits of GD and WN-GD (docs/MODEL.md, "Predicted gradient-flow limits").
 
-Gradient flow on a diagonal linear network converges, when it interpolates, to a point that is
-determined by the initial weights alone through a convex program; this module computes that point
-(the "predicted limit" x_pred) with a damped Newton method on the dual, in numpy (no cvxpy).
+Gradient flow on a diagonal linear network converges, when it interpolates, to a point fixed by
+the initial weights alone through a convex program; this module computes that point (the
+"predicted limit" x_pred) by damped Newton on the program's dual, in numpy (no cvxpy).
 
 Derivation
 ----------
-Model: x~ = u^L - v^L (signed, w = (u, v) in R^{2N}) or x~ = u^L (nonneg: the same with v absent,
-read v0 = 0 below), loss f = 1/2 ||A x~ - b||^2, residual rho(t) = A^T (A x~ - b) in R^N. Gradient
-flow w' = -grad f reads, per coordinate,
+Model: x~ = u^L - v^L (signed, w = (u, v) in R^{2N}) or x~ = u^L (nonneg: the same with v absent;
+read v0 = 0 below), loss f = 1/2 ||A x~ - b||^2, rho(t) = A^T (A x~(t) - b) in R^N. Gradient flow
+w' = -grad f reads, per coordinate,
 
     u_i' = -L u_i^{L-1} rho_i ,    v_i' = +L v_i^{L-1} rho_i .
 
-Let g(t) = int_0^t rho ds = A^T (int_0^t (A x~ - b) ds): it lies in range(A^T) for every t.
+Let g(t) = int_0^t rho ds = A^T int_0^t (A x~ - b) ds: it lies in range(A^T) for every t.
 
 * L = 2: (log u_i)' = -2 rho_i, so u_i^2 = u0_i^2 e^{-4 g_i} and v_i^2 = v0_i^2 e^{+4 g_i}.
-* L > 2: (u_i^{2-L})' = (2-L) u_i^{1-L} u_i' = L (L-2) rho_i, so u_i^{2-L} = u0_i^{2-L} + L(L-2) g_i,
-  and likewise v_i^{2-L} = v0_i^{2-L} - L(L-2) g_i.
+* L > 2: (u_i^{2-L})' = (2-L) u_i^{1-L} u_i' = L(L-2) rho_i, so
+  u_i^{2-L} = u0_i^{2-L} + L(L-2) g_i and v_i^{2-L} = v0_i^{2-L} - L(L-2) g_i.
 
-Writing z = -4 g (L = 2) or z = -L(L-2) g (L > 2), which is again in range(A^T), every point of the
-trajectory, and so its limit, is x(z) for some z = A^T nu, with the per-coordinate "mirror map"
+With z = -4 g (L = 2) or z = -L(L-2) g (L > 2), again in range(A^T), every point of the trajectory,
+and so its limit, is x(z) for some z = A^T nu, with the per-coordinate "mirror map"
 
     L = 2:  x_i(z) = u0_i^2 e^{z_i} - v0_i^2 e^{-z_i}
     L > 2:  x_i(z) = (u0_i^{2-L} - z_i)^{-k} - (v0_i^{2-L} + z_i)^{-k},   k = L / (L-2),
 
-on the domain where both bases are positive (they are u_i^{2-L} and v_i^{2-L} along the flow).
-Coordinates with u0_i = 0 (v0_i = 0) keep u_i = 0 (v_i = 0): their term is 0 (u0^{2-L} = +inf).
-If the flow converges to an interpolant (loss 0), its limit x_inf is x(A^T nu*) with
-A x(A^T nu*) = b. Each x_i is strictly increasing in z_i, so x_i = G_i' for a strictly convex G_i:
+on the domain where both bases are positive (along the flow they are u_i^{2-L} and v_i^{2-L}).
+A coordinate with u0_i = 0 (v0_i = 0) keeps u_i = 0 (v_i = 0): its term is 0 (u0^{2-L} = +inf).
+If the flow converges to an interpolant (loss 0), its limit is x(A^T nu*) with A x(A^T nu*) = b.
+Each x_i is strictly increasing in z_i, so x_i = G_i' for a strictly convex G_i,
 
     L = 2:  G_i(z) = u0_i^2 e^{z} + v0_i^2 e^{-z}
-    L > 2:  G_i(z) = (1/q) [ (u0_i^{2-L} - z)^{-q} + (v0_i^{2-L} + z)^{-q} ],   q = k - 1 = 2/(L-2),
+    L > 2:  G_i(z) = (1/q) [(u0_i^{2-L} - z)^{-q} + (v0_i^{2-L} + z)^{-q}],   q = k - 1 = 2/(L-2),
 
 and nu* is the minimizer of the smooth convex dual
 
-    D(nu) = sum_i G_i(a_i^T nu) - b^T nu,   grad D = A x(A^T nu) - b,
-    Hess D = A diag(x'(A^T nu)) A^T,   x_i' = u0_i^2 e^{z} + v0_i^2 e^{-z}  (L = 2)
-                                        x_i' = k [(u0_i^{2-L} - z)^{-k-1} + (v0_i^{2-L} + z)^{-k-1}].
+    D(nu) = sum_i G_i(a_i^T nu) - b^T nu,     grad D = A x(A^T nu) - b,
+    Hess D = A diag(x'(A^T nu)) A^T,  x_i' = u0_i^2 e^{z} + v0_i^2 e^{-z}                 (L = 2),
+                                      x_i' = k [(u0_i^{2-L} - z)^{-k-1} + (v0_i^{2-L} + z)^{-k-1}].
 
-D is strictly convex when A has full row rank, so nu* (and x_inf) is unique when it exists. For
-L > 2 the G_i blow up at the domain boundary (a barrier), so minimizing D keeps z in the domain.
+D is strictly convex when A has full row rank, so nu* and the limit are unique when they exist.
+For L > 2 the G_i blow up at the boundary of the domain (a barrier): minimizing D stays inside.
+If no x of the allowed signs solves A x = b (nonneg: b outside the cone A R^N_+), D is unbounded
+below along a Farkas direction (A^T d <= 0, b^T d > 0): status "infeasible".
 
-Primal (the implicit bias). With Q the potential whose gradient inverts the mirror map
-(grad Q(x) = z(x), grad Q(x0) = 0 at x0 = x(0) = u0^L - v0^L), the limit is the Bregman projection
-argmin { D_Q(x, x0) : A x = b } (its KKT condition is z(x) in range(A^T)). Splitting x = p - q with
-p, q >= 0 (p = the u^L part, q = the v^L part) gives a form with the same KKT conditions:
+Primal (the implicit bias). With Q the potential whose gradient inverts the map (grad Q(x) = z(x);
+grad Q(x0) = 0 at x0 = x(0) = u0^L - v0^L), the limit is the Bregman projection
+argmin {D_Q(x, x0) : A x = b}: its KKT condition is z(x) in range(A^T). Splitting x = p - q with
+p, q >= 0 (p the u^L part, q the v^L part) gives programs with the same stationarity conditions:
 
-    L = 2:  min sum_i p_i log(p_i / u0_i^2) - p_i + q_i log(q_i / v0_i^2) - q_i   s.t. A (p - q) = b
-            (stationarity: log(p_i / u0_i^2) = z_i = -log(q_i / v0_i^2), exactly the map above);
-            minimizing over the split for a fixed x = p - q gives the hypentropy
+    L = 2:  min sum_i p_i log(p_i / u0_i^2) - p_i + q_i log(q_i / v0_i^2) - q_i  s.t. A(p - q) = b
+            (stationarity log(p_i / u0_i^2) = z_i = -log(q_i / v0_i^2): exactly the map above).
+            Minimizing over the split for fixed x gives the hypentropy: with beta_i = 2 u0_i v0_i,
             Q(x) = sum_i x_i arcsinh(x_i / beta_i) - sqrt(x_i^2 + beta_i^2) + x_i log(v0_i / u0_i),
-            beta_i = 2 u0_i v0_i (nonneg: Q(x) = sum_i x_i log(x_i / u0_i^2) - x_i, the KL divergence).
+            i.e. z_i(x) = arcsinh(x_i / beta_i) + log(v0_i / u0_i); nonneg: the KL divergence
+            Q(x) = sum_i x_i log(x_i / u0_i^2) - x_i.
     L > 2:  min sum_i u0_i^{2-L} p_i - (L/2) p_i^{2/L} + v0_i^{2-L} q_i - (L/2) q_i^{2/L}
-            s.t. A (p - q) = b   (stationarity: u0_i^{2-L} - p_i^{-1/k} = z_i, p_i = (u0^{2-L} - z)^{-k}).
+            s.t. A(p - q) = b
+            (stationarity u0_i^{2-L} - p_i^{-1/k} = z_i, i.e. p_i = (u0_i^{2-L} - z_i)^{-k}).
 
-Both are exponential-cone / power-cone programs, which the tests solve with cvxpy as an independent
-check of the dual solve here.
+These are exponential-cone and power-cone programs; tests/test_theory.py solves them with cvxpy
+(Clarabel) as an independent check of the dual solve. As alpha -> 0 the L > 2 objective is
+dominated by sum_i u0_i^{2-L} p_i: a weighted l1 norm with weights u0_i^{2-L}, the plain l1 norm
+only for a constant initialization (for L = 2 the weights are log(1/u0_i^2) = 2 log(1/alpha) + O(1),
+uniform to leading order).
 
-WN-GD (docs/MODEL.md, "Derivation sketch of C_inf"). For the WN flow with eta_r / eta_u = eta~ fixed,
-w' = -eta_u r^2 grad f - c(t) w with c(t) = (eta_r / r^2 - eta_u) <w, grad f>, and
+WN-GD (docs/MODEL.md, "Derivation sketch of C_inf"). With eta_r / eta_u = eta~ fixed (both
+schedules), the WN flow is w' = -eta_u r^2 grad f - c(t) w with
+c(t) = (eta_r / r^2 - eta_u) <w, grad f>, and since (r^2)' = -2 eta_r <w, grad f>,
 int_0^t c = C(t) = log(r_0 / r_t) + (r_t^2 - r_0^2) / (2 eta~). The first term is gradient flow in
-the time tau' = eta_u r^2; the second is a common rescaling. For L = 2, log w_i gains -C(t), so
-u_i^2 = (u0_i e^{-C})^2 e^{z_i}; for L > 2, phi = w^{2-L} obeys phi' = L(L-2) tau' rho + (L-2) c phi,
-whose solution is phi(t) = e^{(L-2)C(t)} (phi_0 + (A^T mu)_i) = (w0_i e^{-C(t)})^{2-L} + (A^T mu')_i.
-Either way the limit is the map above from the initial weights w0 e^{-C_inf}: the WN-GD prediction is
-``predicted_limit(..., log_scale=-C_inf)`` (see ``wn_log_scale``), for every L and both schedules.
+the time tau' = eta_u r^2, the second a common rescaling. For L = 2, log w_i gains -C(t), so
+u_i^2 = (u0_i e^{-C})^2 e^{z_i}. For L > 2, phi = w_i^{2-L} obeys
+phi' = L(L-2) tau' rho_i + (L-2) c phi, so phi(t) = e^{(L-2)C(t)} (phi_0 + (A^T mu)_i)
+= (w0_i e^{-C(t)})^{2-L} + (A^T mu')_i. Either way the limit is the map above from the initial
+weights w0 e^{-C_inf}: the WN-GD prediction is ``predicted_limit(..., log_scale=-C_inf)``
+(``wn_log_scale``), for every L.
 
-Discrete GD with step eta lands O(eta) away from the flow's limit (tested: the gap halves with eta).
+Discrete GD with step eta lands O(eta) from the flow's limit (tested: the gap halves with eta).
 
 Numerics
 --------
 Damped Newton on D from nu = 0: per iteration one Gram matrix A diag(x') A^T (M^2 N flops, the
-cost), one Jacobi-scaled M x M Cholesky solve (with a Levenberg shift only if the factorization
-fails or the step stalls), and an Armijo backtracking line search whose trial points cost O(N) each.
-* Scaled arithmetic: the per-coordinate state is kept as theta_u = log(u0^2) + z, theta_v =
-  log(v0^2) - z (L = 2) or s_u = u0^{2-L} - z, s_v = v0^{2-L} + z (L > 2), updated by the same
-  increments as nu. Tiny initializations never overflow or lose the O(1) bases to cancellation
-  (alpha = 1e-6, L = 3: u0^{2-L} = 1e6 while s_u ~ 1 on the support).
-* The Armijo test uses D(nu + t p) - D(nu) = t r^T p + sum_i R_i(t), with r = A x - b and R_i >= 0
-  the second-order remainders of the G_i, each evaluated without cancellation; so the test stays
-  meaningful down to residuals at rounding level.
-* Steps are capped (|t A^T p| <= Z_STEP_CAP for L = 2; a fraction-to-the-boundary rule for L > 2).
-* Stopping: relative residual ||A x - b|| / ||b|| <= rtol.
-* Status: "ok" (converged), "inaccurate" (stalled or out of iterations with relative residual
-  <= INACCURATE_RTOL: x is returned), "infeasible" (no x of the allowed signs solves A x = b: the dual
-  is unbounded; from a Farkas certificate seen during the iterations, or an LP feasibility check run
-  only after a failed solve), "failed" (anything else, or unusable initial weights). x is NaN unless
-  the status is "ok" or "inaccurate". A failed solve is never an exception; only malformed shapes
-  raise ValueError.
+cost), one Jacobi-scaled M x M Cholesky solve (a Levenberg shift only if the factorization fails
+or the step stalls), and an Armijo backtracking line search whose trial points cost O(N) each.
+* Scaled arithmetic: the per-coordinate state is kept as theta_u = log(u0^2) + z,
+  theta_v = log(v0^2) - z (L = 2), or s_u = u0^{2-L} - z, s_v = v0^{2-L} + z (L > 2), updated by
+  the same increments as nu. Tiny initializations neither overflow nor lose the O(1) bases to
+  cancellation (alpha = 1e-6, L = 3: u0^{2-L} = 1e6 while s_u ~ 1 on the support).
+* The Armijo test uses D(nu + t p) - D(nu) = t r^T p + sum_i R_i(t), with r = A x - b and
+  R_i >= 0 the second-order remainders of the G_i, each evaluated without cancellation (series
+  near 0), so the test stays meaningful down to rounding-level residuals.
+* Steps are capped: |t A^T p| <= Z_STEP_CAP for L = 2, a fraction-to-the-boundary rule for L > 2.
+* L >= 4 with weights far below the solution's scale: warm start from the same weights scaled up
+  (a loose solve there, then an exact rescaling of the state: scaling the weights by gamma and nu
+  by gamma^{2-L} scales s_u and s_v by gamma^{2-L}); see WARM_START_MIN_DEPTH.
+* Stopping: relative residual ||A x - b|| / ||b|| <= rtol. Measured (benchmarks/theory.py): 6-27
+  Newton iterations for L = 2, 3 and alpha in [1e-3, 0.1]; up to ~40 (L = 3) and ~80 (L = 4) at
+  alpha = 1e-10. A solve costs 0.01-0.65x a basis-pursuit solve from (40, 100) to (200, 1000).
+
+Statuses: "ok" (converged); "inaccurate" (stalled or out of iterations with relative residual
+<= INACCURATE_RTOL; x is returned); "infeasible" (no x of the allowed signs solves A x = b: from a
+Farkas certificate met during the iterations, or an LP feasibility check run only after a failed
+solve); "failed" (anything else, or unusable initial weights). x is NaN unless the status is "ok"
+or "inaccurate". A failed solve is never an exception; only malformed shapes raise ValueError.
 """
 
 from __future__ import annotations
@@ -97,6 +111,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+
+from pipeline import metrics
 
 STATUSES = ("ok", "inaccurate", "infeasible", "failed")
 #: A solve that stops early with a relative residual at most this is "inaccurate", not "failed".
@@ -271,22 +287,15 @@ class _Coordinates:
                 if self.b is not None:
                     total = total + np.exp(self.b) * _series_exp_remainder(-dz)
             else:
-                # G_u = s_u^{-q}/q with s_u -> s_u - dz: s_u^{-q}/q * ((1 - dz/s_u)^{-q} - 1 - q dz/s_u)
+                # G_u = s_u^{-q}/q, s_u -> s_u - dz: s_u^{-q}/q ((1 - dz/s_u)^{-q} - 1 - q dz/s_u)
                 total = self.a ** -self.q / self.q * _series_power_remainder(dz / self.a, self.q)
                 if self.b is not None:
                     total = total + self.b ** -self.q / self.q * _series_power_remainder(
                         -dz / self.b, self.q)
-            # a zero weight (theta = -inf or s = inf) contributes exactly 0
-            total = np.where(np.isnan(total) & self._absent(), 0.0, total)
+            # a zero weight (theta = -inf, s = +inf) contributes exactly 0 (0 * finite); a NaN can
+            # only come from a step outside the domain, which step_limit prevents: rejected anyway
             s = float(np.sum(total))
         return s if np.isfinite(s) else np.inf
-
-    def _absent(self) -> np.ndarray:
-        if self.L == 2:
-            absent = self.a == -np.inf
-            return absent if self.b is None else absent & (self.b == -np.inf)
-        absent = self.a == np.inf
-        return absent if self.b is None else absent & (self.b == np.inf)
 
     def allowed_signs(self) -> tuple[np.ndarray, np.ndarray]:
         """Bounds (lower, upper) on x_i that every x(z) satisfies: x_i >= 0 without a v-part,
@@ -456,7 +465,7 @@ def _newton(A, b, b_norm, coords, nu, rtol, budget):
 
 
 def _newton_direction(A: np.ndarray, r: np.ndarray, h: np.ndarray, shift: float):
-    """Solve (A diag(h) A^T + shift * diag) p = -r by Jacobi scaling and Cholesky; None if it fails."""
+    """Solve (A diag(h) A^T + shift diag) p = -r (Jacobi scaling, Cholesky); None if it fails."""
     with np.errstate(over="ignore", invalid="ignore"):
         B = A * np.sqrt(h)
         H = B @ B.T  # numpy uses a symmetric rank-k update for X @ X.T
@@ -489,8 +498,8 @@ def _line_search(coords: _Coordinates, dz: np.ndarray, slope: float) -> float | 
 
 def _farkas(A: np.ndarray, b: np.ndarray, nu: np.ndarray, coords: _Coordinates) -> bool:
     """True if nu proves infeasibility: (A^T nu)_i <= 0 where x_i >= 0 is forced, >= 0 where
-    x_i <= 0 is forced, = 0 where x_i is free, and b^T nu > 0. Then b^T nu = x^T A^T nu <= 0 for every
-    allowed x with A x = b, a contradiction."""
+    x_i <= 0 is forced, = 0 where x_i is free, and b^T nu > 0. Then b^T nu = x^T A^T nu <= 0 for
+    every allowed x with A x = b, a contradiction."""
     if not np.any(nu) or not float(b @ nu) > 0:
         return False
     lower, upper = coords.allowed_signs()
@@ -521,20 +530,23 @@ def _lp_infeasible(A: np.ndarray, b: np.ndarray, lower: np.ndarray, upper: np.nd
 
 
 def wn_log_scale(r0: float, r_final: float, eta_ratio: float) -> float:
-    """log of the factor e^{-C_inf} that turns a WN-GD run's initial weights into the initial
-    weights of the plain gradient flow with the same limit: -C_inf, with
-    C_inf = log(r_0 / r_T) + (r_T^2 - r_0^2) / (2 eta~) (docs/MODEL.md). NaN unless r_T > 0 is
-    finite. Pass it as ``predicted_limit(..., log_scale=wn_log_scale(...))``."""
-    if not (np.isfinite(r_final) and r_final > 0 and r0 > 0):
+    """-C_inf of a WN-GD run (docs/MODEL.md: C_inf = log(r_0 / r_T) + (r_T^2 - r_0^2) / (2 eta~),
+    from the run's own r_0 = ||w_0||, r_T and eta~): the log of the factor
+    e^{-C_inf} = alpha_eff / alpha that turns the run's initial weights into those of the plain
+    gradient flow with the same limit.
+    Pass it as ``predicted_limit(A, b, w0, L, signed, log_scale=wn_log_scale(r0, r_T, eta~))``.
+    NaN unless r_0 and r_T are positive finite numbers (then predicted_limit returns "failed")."""
+    if not (np.isfinite(r_final) and r_final > 0 and np.isfinite(r0) and r0 > 0):
         return float("nan")
-    return float(-(np.log(r0 / r_final) + (r_final**2 - r0**2) / (2.0 * eta_ratio)))
+    return -metrics.c_inf(r0, r_final, eta_ratio)
 
 
 def prediction_metrics(
     x_final: np.ndarray, x_pred: np.ndarray, x_l1: np.ndarray
 ) -> dict[str, float]:
-    """pred_error = ||x~_T - x_pred||_2 / ||x_pred||_2 and pred_l1_gap = ||x_pred||_1 / ||x_l1||_1 - 1
-    (all arrays (N,)); NaN where an input is missing (NaN) or a norm is 0."""
+    """pred_error = ||x~_T - x_pred||_2 / ||x_pred||_2 and
+    pred_l1_gap = ||x_pred||_1 / ||x_l1||_1 - 1 (all arrays (N,)); NaN where an input is missing
+    (NaN) or a norm is 0."""
     x_final, x_pred, x_l1 = (np.asarray(v, dtype=np.float64) for v in (x_final, x_pred, x_l1))
     norm_pred = float(np.linalg.norm(x_pred))
     l1_ref = float(np.abs(x_l1).sum())

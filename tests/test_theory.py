@@ -74,7 +74,8 @@ def test_dual_solve_matches_cvxpy_primal(signed, depth, scheme, alpha):
     assert pred.status == "ok", pred.message
     x_ref = _cvxpy_primal(A, b, w0, depth, signed)
     err = _rel(pred.x, x_ref)
-    print(f"L={depth} {'signed' if signed else 'nonneg'} {scheme}: |x - x_cvxpy|/|x_cvxpy| = {err:.1e}"
+    sign = "signed" if signed else "nonneg"
+    print(f"L={depth} {sign} {scheme}: |x - x_cvxpy| / |x_cvxpy| = {err:.1e}"
           f" ({pred.iterations} Newton iterations)")
     assert err <= 1e-6
 
@@ -82,8 +83,8 @@ def test_dual_solve_matches_cvxpy_primal(signed, depth, scheme, alpha):
 # --- against gradient descent (the engine) -------------------------------------------------------
 
 #: (depth, scheme) -> alpha for the GD runs: moderate scales so that every run converges in a few
-#: 10^4 steps; signed L = 3 random uses a smaller alpha, at 0.7 the step eta = 0.01 is not yet in the
-#: O(eta) regime (ratio 2.6).
+#: 10^4 steps; signed L = 3 random uses a smaller alpha: at 0.7 the step eta = 0.01 is not yet in
+#: the O(eta) regime (ratio 2.6).
 GD_ALPHA = {
     False: {(2, "constant"): 0.7, (2, "random"): 0.7, (3, "constant"): 0.7, (3, "random"): 0.7},
     True: {(2, "constant"): 0.7, (2, "random"): 0.7, (3, "constant"): 0.7, (3, "random"): 0.4},
