@@ -98,9 +98,10 @@ or the step stalls), and an Armijo backtracking line search whose trial points c
   alpha = 1e-10. A solve costs 0.01-0.65x a basis-pursuit solve from (40, 100) to (200, 1000).
 
 Statuses: "ok" (converged); "inaccurate" (stalled or out of iterations with relative residual
-<= INACCURATE_RTOL; x is returned); "infeasible" (no x of the allowed signs solves A x = b: from a
-Farkas certificate met during the iterations, or an LP feasibility check run only after a failed
-solve); "failed" (anything else, or unusable initial weights). x is NaN unless the status is "ok"
+<= INACCURATE_RTOL; x is returned); "infeasible" (no x of the allowed signs solves A x = b: a
+Newton direction that is a Farkas certificate, or an LP feasibility check with scipy's HiGHS, run
+only when a solve has not converged after LP_CHECK_AFTER iterations or failed); "failed" (anything
+else, or unusable initial weights). x is NaN unless the status is "ok"
 or "inaccurate". A failed solve is never an exception; only malformed shapes raise ValueError.
 """
 
@@ -132,6 +133,9 @@ MAX_HALVINGS = 60
 #: 10-15% more iterations in total, so it is not used there.
 WARM_START_MIN_DEPTH = 4
 WARM_START_RTOL = 0.1
+#: Newton iterations after which a solve that has not converged runs one LP feasibility check.
+LP_CHECK_AFTER = 40
+BUDGET_EXHAUSTED = "Newton iteration budget exhausted"
 #: Levenberg shifts tried (relative to the unit diagonal of the Jacobi-scaled Hessian) when the
 #: Cholesky factorization fails or the line search stalls.
 LEVENBERG_SHIFTS = (0.0, 1e-12, 1e-9, 1e-6, 1e-3, 1.0)
@@ -394,9 +398,18 @@ def predicted_limit(
             A, b, b_norm, warm, nu, WARM_START_RTOL, max_newton)
         if status == "ok":
             nu, coords = warm.rescale(log_scale - start_scale, nu_warm), warm
-    nu, x, residual, its, status, message = _newton(
-        A, b, b_norm, coords, nu, rtol, max_newton - iterations)
+    # a solve still far from converged after LP_CHECK_AFTER iterations may have no solution: one
+    # LP feasibility check then (the Farkas test on Newton directions catches most cases earlier)
+    budget = min(max_newton - iterations, max(LP_CHECK_AFTER - iterations, 0))
+    nu, x, residual, its, status, message = _newton(A, b, b_norm, coords, nu, rtol, budget)
     iterations += its
+    if status == "stalled" and iterations < max_newton and message == BUDGET_EXHAUSTED:
+        if not (residual <= INACCURATE_RTOL) and _lp_infeasible(A, b, *coords.allowed_signs()):
+            return result("infeasible", nan_x, nu, iterations, np.nan,
+                          "no x of the allowed signs solves A x = b (LP feasibility check)")
+        nu, x, residual, its, status, message = _newton(
+            A, b, b_norm, coords, nu, rtol, max_newton - iterations)
+        iterations += its
     if status == "ok":
         return result("ok", x, nu, iterations, residual)
     if status == "infeasible":
@@ -429,6 +442,8 @@ def _newton(A, b, b_norm, coords, nu, rtol, budget):
     "infeasible"."""
     shift = 0  # index into LEVENBERG_SHIFTS, raised when a step stalls, lowered after success
     iterations = 0
+    lower, upper = coords.allowed_signs()
+    signs_forced = not np.any(np.isinf(lower) & np.isinf(upper))  # no free coordinate
     x, h = coords.values()
     r = A @ x - b
     residual = float(np.linalg.norm(r)) / b_norm
@@ -437,11 +452,8 @@ def _newton(A, b, b_norm, coords, nu, rtol, budget):
             return nu, x, residual, iterations, "stalled", "non-finite x(z)"
         if residual <= rtol:
             return nu, x, residual, iterations, "ok", ""
-        if _farkas(A, b, nu, coords):
-            return (nu, x, residual, iterations, "infeasible",
-                    "Farkas certificate: no x of the allowed signs solves A x = b")
         if iterations >= budget:
-            return nu, x, residual, iterations, "stalled", "Newton iteration budget exhausted"
+            return nu, x, residual, iterations, "stalled", BUDGET_EXHAUSTED
         iterations += 1
         p = _newton_direction(A, r, h, LEVENBERG_SHIFTS[shift])
         while p is None and shift + 1 < len(LEVENBERG_SHIFTS):
@@ -450,6 +462,10 @@ def _newton(A, b, b_norm, coords, nu, rtol, budget):
         if p is None:
             return nu, x, residual, iterations, "stalled", "Newton system not solvable"
         dz = A.T @ p
+        if signs_forced and _farkas(b, p, dz, lower, upper):
+            return (nu, x, residual, iterations, "infeasible",
+                    "Farkas certificate (the Newton direction): no x of the allowed signs solves "
+                    "A x = b")
         t = _line_search(coords, dz, float(r @ p))
         if t is None:
             if shift + 1 < len(LEVENBERG_SHIFTS):
@@ -496,20 +512,17 @@ def _line_search(coords: _Coordinates, dz: np.ndarray, slope: float) -> float | 
     return None
 
 
-def _farkas(A: np.ndarray, b: np.ndarray, nu: np.ndarray, coords: _Coordinates) -> bool:
-    """True if nu proves infeasibility: (A^T nu)_i <= 0 where x_i >= 0 is forced, >= 0 where
-    x_i <= 0 is forced, = 0 where x_i is free, and b^T nu > 0. Then b^T nu = x^T A^T nu <= 0 for
-    every allowed x with A x = b, a contradiction."""
-    if not np.any(nu) or not float(b @ nu) > 0:
+def _farkas(b: np.ndarray, d: np.ndarray, Atd: np.ndarray, lower: np.ndarray,
+            upper: np.ndarray) -> bool:
+    """True if d (M,) with Atd = A^T d proves that no x with lower <= x <= upper solves A x = b:
+    b^T d > 0 and (A^T d)_i <= 0 where x_i >= 0 is forced, >= 0 where x_i <= 0 is forced. Then
+    b^T d = x^T A^T d <= 0 for every such x, a contradiction. Only used when no x_i is free (where
+    the condition would be (A^T d)_i = 0 exactly, which rounding never certifies)."""
+    # a margin far above rounding in A^T d, so that a sign flipped by rounding cannot certify
+    if not float(b @ d) > 1e-10 * float(np.linalg.norm(b) * np.linalg.norm(d)):
         return False
-    lower, upper = coords.allowed_signs()
-    zt = A.T @ nu
-    tol = 1e-12 * float(np.abs(zt).max())
-    free = np.isinf(lower) & np.isinf(upper)
-    ok = np.where(free, np.abs(zt) <= tol, True)
-    ok &= np.where(np.isinf(upper) & (lower == 0), zt <= 0, True)
-    ok &= np.where(np.isinf(lower) & (upper == 0), zt >= 0, True)
-    return bool(np.all(ok))
+    nonneg = upper == np.inf
+    return bool(np.all(Atd[nonneg] <= 0) and np.all(Atd[~nonneg] >= 0))
 
 
 def _lp_infeasible(A: np.ndarray, b: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> bool:
