@@ -133,6 +133,16 @@ MAX_HALVINGS = 60
 #: 10-15% more iterations in total, so it is not used there.
 WARM_START_MIN_DEPTH = 4
 WARM_START_RTOL = 0.1
+#: L = 2 more than e^{-2 EXTRAPOLATE_START} below the natural scale: a continuation over the
+#: log-scales EXTRAPOLATE_START * 2^j relative to the natural one (each solved to EXTRAPOLATE_RTOL),
+#: each started from the linear extrapolation of the previous two, and the target from the last
+#: two. Without it the iterations grow like |log-scale| / 2 (steps from below are capped at
+#: Z_STEP_CAP in z) and the solve fails beyond about e^{-300}.
+EXTRAPOLATE_START = -25.0
+EXTRAPOLATE_RTOL = 1e-8
+#: Below e^{LIMIT_LOG_SCALE} times the solution's natural scale (max_i (gamma w0_i)^L = ||A^+ b||_inf)
+#: the prediction is the alpha -> 0 limit, a weighted-l1 LP (``alpha_zero_limit``).
+LIMIT_LOG_SCALE = -50.0
 #: Newton iterations after which a solve that has not converged runs one LP feasibility check.
 LP_CHECK_AFTER = 40
 BUDGET_EXHAUSTED = "Newton iteration budget exhausted"
@@ -223,10 +233,10 @@ class _Coordinates:
                 self.b = None if log_v is None else np.exp((2.0 - depth) * log_v)
 
     def step_limit(self, dz: np.ndarray) -> float:
-        """Largest t for which z + t dz stays safely inside the domain (t <= 1)."""
+        """Largest t for which z + t dz stays safely inside the domain (may be inf)."""
         if self.L == 2:
             m = float(np.max(np.abs(dz), initial=0.0))
-            return min(1.0, Z_STEP_CAP / m) if m > 0 else 1.0
+            return Z_STEP_CAP / m if m > 0 else np.inf
         t = np.inf
         up = dz > 0  # s_u = a - z shrinks
         if up.any():
@@ -235,7 +245,7 @@ class _Coordinates:
             down = dz < 0  # s_v = b + z shrinks
             if down.any():
                 t = min(t, float(np.min(self.b[down] / -dz[down])))
-        return min(1.0, BOUNDARY_FRACTION * t)
+        return BOUNDARY_FRACTION * t
 
     def move(self, dz: np.ndarray) -> None:
         """z += dz, in the scaled state."""
@@ -266,22 +276,20 @@ class _Coordinates:
         return nu * factor
 
     def values(self) -> tuple[np.ndarray, np.ndarray]:
-        """x(z) and x'(z), both (N,)."""
-        if self.L == 2:
-            with np.errstate(over="ignore"):
+        """x(z) and log x'(z), both (N,) (the log, so that the Newton system can be scaled even
+        when every x'(z) underflows)."""
+        with np.errstate(over="ignore", divide="ignore"):
+            if self.L == 2:
                 pu = np.exp(self.a)
                 if self.b is None:
-                    return pu, pu.copy()
-                pv = np.exp(self.b)
-            return pu - pv, pu + pv
-        with np.errstate(divide="ignore"):
+                    return pu, self.a.copy()
+                return pu - np.exp(self.b), np.logaddexp(self.a, self.b)
             pu = self.a ** -self.k
-            du = self.k * pu / self.a
+            log_du = -(self.k + 1.0) * np.log(self.a)
             if self.b is None:
-                return pu, du
-            pv = self.b ** -self.k
-            dv = self.k * pv / self.b
-        return pu - pv, du + dv
+                return pu, log_du + math.log(self.k)
+            x = pu - self.b ** -self.k
+            return x, np.logaddexp(log_du, -(self.k + 1.0) * np.log(self.b)) + math.log(self.k)
 
     def remainder(self, dz: np.ndarray) -> float:
         """sum_i G_i(z_i + dz_i) - G_i(z_i) - x_i(z_i) dz_i (>= 0; inf if it overflows)."""
@@ -389,8 +397,12 @@ def predicted_limit(
     b_norm = max(float(np.linalg.norm(b)), np.finfo(float).tiny)
     nu = np.zeros(M)
     iterations = 0
+    natural = _start_log_scale(A, b, w0, depth)
+    if depth > 2 and log_scale - natural < LIMIT_LOG_SCALE:
+        limit = alpha_zero_limit(A, b, w0, depth, signed, log_scale=log_scale)
+        return result(limit.status, limit.x, limit.nu, 0, limit.residual, limit.message)
     coords = _Coordinates(u0, v0, depth, float(log_scale))
-    start_scale = _start_log_scale(A, b, w0, depth) if depth >= WARM_START_MIN_DEPTH else -np.inf
+    start_scale = natural if depth >= WARM_START_MIN_DEPTH else -np.inf
     if start_scale > log_scale:
         # warm start: solve loosely at the larger scale, then rescale the state to the target
         warm = _Coordinates(u0, v0, depth, start_scale)
@@ -398,6 +410,30 @@ def predicted_limit(
             A, b, b_norm, warm, nu, WARM_START_RTOL, max_newton)
         if status == "ok":
             nu, coords = warm.rescale(log_scale - start_scale, nu_warm), warm
+    elif depth == 2 and log_scale - natural < 2.0 * EXTRAPOLATE_START:
+        # tiny scale, L = 2: nu is asymptotically affine in the log-scale lambda (nu ~ -2 lambda
+        # nu_hat + nu_c, nu_hat an l1 dual certificate). Solve at lambda = EXTRAPOLATE_START * 2^j
+        # (j = 0, 1, ...) until the target, each stage starting from the linear extrapolation of
+        # the previous two.
+        target = log_scale - natural
+        lams, nus = [], []
+        lam = EXTRAPOLATE_START
+        while lam > target:
+            start_nu = nu if len(nus) < 2 else _extrapolate(lams, nus, lam)
+            stage = _Coordinates(u0, v0, depth, natural + lam)
+            if len(nus) >= 2:
+                stage.move(A.T @ start_nu)
+            nu_stage, _, _, its, status, _ = _newton(
+                A, b, b_norm, stage, start_nu, EXTRAPOLATE_RTOL, max_newton - iterations)
+            iterations += its
+            if status != "ok":
+                break
+            lams.append(lam)
+            nus.append(nu_stage)
+            lam *= 2.0
+        if lam <= target and len(nus) >= 2:
+            nu = _extrapolate(lams, nus, target)
+            coords.move(A.T @ nu)
     # a solve still far from converged after LP_CHECK_AFTER iterations may have no solution: one
     # LP feasibility check then (the Farkas test on Newton directions catches most cases earlier)
     budget = min(max_newton - iterations, max(LP_CHECK_AFTER - iterations, 0))
@@ -423,6 +459,71 @@ def predicted_limit(
                   f"{message} (relative residual {residual:.3g})")
 
 
+def alpha_zero_limit(
+    A: np.ndarray, b: np.ndarray, w0: np.ndarray, depth: int, signed: bool, *,
+    log_scale: float = 0.0,
+) -> Prediction:
+    """The leading-order (alpha -> 0) form of the limit: the weighted-l1 linear program
+
+        min sum_i c_i p_i + d_i q_i   s.t.  A (p - q) = b,  p, q >= 0   (q absent for nonneg),
+
+    with the weights the potential's linear term gives at the scale e^{log_scale} (module
+    docstring): L = 2: c_i = -2 log(u0_i e^{log_scale}), d_i likewise with v0; L > 2: c_i proportional
+    to u0_i^{2-L} (and d_i to v0_i^{2-L}; a common factor does not matter). Coordinates with a zero
+    weight are fixed at 0. Solved with scipy's HiGHS. ``predicted_limit`` returns this when the
+    scale is more than e^{-LIMIT_LOG_SCALE} below the solution's natural scale, where the finite-alpha
+    program is no longer representable in float64 and differs from the LP by far less than its
+    solve accuracy (measured in tests/test_theory.py). Shapes and statuses as ``predicted_limit``;
+    nu is NaN (the LP's duals are not the flow's nu); iterations is 0.
+    """
+    from scipy.optimize import linprog
+
+    start = time.perf_counter()
+    A = np.asarray(A, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    M, N = A.shape
+    u0, v0 = _split(np.asarray(w0, dtype=np.float64), signed)
+    parts = [u0] if v0 is None else [u0, v0]
+    with np.errstate(divide="ignore"):
+        logs = [np.log(w) for w in parts]
+    top = max(float(np.max(lw)) for lw in logs)
+    if depth == 2:
+        weights = [-2.0 * (lw + log_scale) for lw in logs]
+    else:
+        weights = [np.exp((2.0 - depth) * (lw - top)) for lw in logs]
+    present = [np.isfinite(lw) for lw in logs]
+    cost = np.concatenate([np.where(m, c, 0.0) for c, m in zip(weights, present)])
+    bounds = [(0.0, None if m else 0.0) for mask in present for m in mask]
+    A_eq = A if v0 is None else np.hstack([A, -A])
+    nu = np.full(M, np.nan)
+
+    def result(status, x, residual, message):
+        return Prediction(x, nu, status, 0, residual, time.perf_counter() - start, message)
+
+    if not np.all(cost[np.concatenate(present)] > 0):
+        return result("failed", np.full(N, np.nan), np.nan,
+                      "alpha -> 0 limit needs every initial weight * e^{log_scale} < 1")
+    try:
+        res = linprog(cost, A_eq=A_eq, b_eq=b, bounds=bounds, method="highs")
+    except (ValueError, RuntimeError) as exc:
+        return result("failed", np.full(N, np.nan), np.nan, f"weighted-l1 LP: {exc}")
+    if res.status == 2:
+        return result("infeasible", np.full(N, np.nan), np.nan,
+                      "no x of the allowed signs solves A x = b (weighted-l1 LP)")
+    if res.status != 0:
+        return result("failed", np.full(N, np.nan), np.nan, f"weighted-l1 LP: {res.message}")
+    x = res.x[:N] if v0 is None else res.x[:N] - res.x[N:]
+    residual = float(np.linalg.norm(A @ x - b)) / max(float(np.linalg.norm(b)),
+                                                       np.finfo(float).tiny)
+    return result("ok", x, residual, "alpha -> 0 limit: weighted-l1 LP (HiGHS)")
+
+
+def _extrapolate(lams: list[float], nus: list[np.ndarray], lam: float) -> np.ndarray:
+    """nu at log-scale lam by linear extrapolation from the last two (lams[i], nus[i])."""
+    (lam_a, lam_b), (nu_a, nu_b) = lams[-2:], nus[-2:]
+    return nu_b + (lam - lam_b) / (lam_b - lam_a) * (nu_b - nu_a)
+
+
 def _start_log_scale(A: np.ndarray, b: np.ndarray, w0: np.ndarray, depth: int) -> float:
     """log of the scale gamma at which max_i (gamma w0_i)^L equals ||A^+ b||_inf: the start of the
     continuation (a small target scale is approached from there in steps of STAGE_LOG_FACTOR)."""
@@ -444,9 +545,9 @@ def _newton(A, b, b_norm, coords, nu, rtol, budget):
     iterations = 0
     lower, upper = coords.allowed_signs()
     signs_forced = not np.any(np.isinf(lower) & np.isinf(upper))  # no free coordinate
-    x, h = coords.values()
+    x, log_h = coords.values()
     r = A @ x - b
-    residual = float(np.linalg.norm(r)) / b_norm
+    residual = _relative_norm(r, b_norm)
     while True:
         if not np.isfinite(residual):
             return nu, x, residual, iterations, "stalled", "non-finite x(z)"
@@ -455,10 +556,10 @@ def _newton(A, b, b_norm, coords, nu, rtol, budget):
         if iterations >= budget:
             return nu, x, residual, iterations, "stalled", BUDGET_EXHAUSTED
         iterations += 1
-        p = _newton_direction(A, r, h, LEVENBERG_SHIFTS[shift])
+        p, t_newton = _newton_direction(A, r, log_h, LEVENBERG_SHIFTS[shift])
         while p is None and shift + 1 < len(LEVENBERG_SHIFTS):
             shift += 1
-            p = _newton_direction(A, r, h, LEVENBERG_SHIFTS[shift])
+            p, t_newton = _newton_direction(A, r, log_h, LEVENBERG_SHIFTS[shift])
         if p is None:
             return nu, x, residual, iterations, "stalled", "Newton system not solvable"
         dz = A.T @ p
@@ -466,7 +567,7 @@ def _newton(A, b, b_norm, coords, nu, rtol, budget):
             return (nu, x, residual, iterations, "infeasible",
                     "Farkas certificate (the Newton direction): no x of the allowed signs solves "
                     "A x = b")
-        t = _line_search(coords, dz, float(r @ p))
+        t = _line_search(coords, dz, float(r @ p), t_newton)
         if t is None:
             if shift + 1 < len(LEVENBERG_SHIFTS):
                 shift += 1  # a more gradient-like direction
@@ -475,36 +576,55 @@ def _newton(A, b, b_norm, coords, nu, rtol, budget):
         shift = max(shift - 1, 0)
         nu = nu + t * p
         coords.move(t * dz)
-        x, h = coords.values()
+        x, log_h = coords.values()
         r = A @ x - b
-        residual = float(np.linalg.norm(r)) / b_norm
+        residual = _relative_norm(r, b_norm)
 
 
-def _newton_direction(A: np.ndarray, r: np.ndarray, h: np.ndarray, shift: float):
-    """Solve (A diag(h) A^T + shift diag) p = -r (Jacobi scaling, Cholesky); None if it fails."""
+def _newton_direction(A: np.ndarray, r: np.ndarray, log_h: np.ndarray, shift: float):
+    """A Newton direction p and the step t_newton along it that is the full (regularized) Newton
+    step: p solves (A diag(h / h_max) A^T + shift diag) p = -r by Jacobi scaling and Cholesky, and
+    t_newton = 1 / h_max (inf if that overflows), so that arbitrarily small x'(z) (all underflowing)
+    still give a direction. log_h: (N,) log of the Hessian weights x'(z). (None, nan) if it fails."""
+    top = float(np.max(log_h))
+    if not np.isfinite(top):
+        return None, np.nan
     with np.errstate(over="ignore", invalid="ignore"):
-        B = A * np.sqrt(h)
+        B = A * np.exp(0.5 * (log_h - top))
         H = B @ B.T  # numpy uses a symmetric rank-k update for X @ X.T
         diag = np.diag(H).copy()
     if not (np.all(np.isfinite(H)) and np.all(diag > 0)):
-        return None
+        return None, np.nan
     scale = 1.0 / np.sqrt(diag)
     Hs = H * scale[:, None] * scale[None, :]
     Hs[np.diag_indices_from(Hs)] = 1.0 + shift
     try:
         C = np.linalg.cholesky(Hs)
     except np.linalg.LinAlgError:
-        return None
+        return None, np.nan
     y = np.linalg.solve(C.T, np.linalg.solve(C, -scale * r))
     p = scale * y
-    return p if np.all(np.isfinite(p)) else None
+    with np.errstate(over="ignore"):
+        t_newton = math.exp(-top) if -top < 709.0 else np.inf
+    return (p, t_newton) if np.all(np.isfinite(p)) else (None, np.nan)
 
 
-def _line_search(coords: _Coordinates, dz: np.ndarray, slope: float) -> float | None:
-    """Armijo backtracking on the dual D from a step capped to the domain; None if it stalls."""
+def _relative_norm(r: np.ndarray, b_norm: float) -> float:
+    """||r|| / b_norm without overflow in the sum of squares (inf only if an entry is)."""
+    m = float(np.max(np.abs(r)))
+    if not (np.isfinite(m) and m > 0):
+        return m / b_norm if np.isfinite(m) else np.inf
+    return m * float(np.linalg.norm(r / m)) / b_norm
+
+
+def _line_search(coords: _Coordinates, dz: np.ndarray, slope: float, t_newton: float):
+    """Armijo backtracking on the dual D along z + t dz from t = min(t_newton, the domain's
+    step limit), t_newton being the full Newton step; the accepted t, or None if it stalls."""
     if not slope < 0:
         return None
-    t = coords.step_limit(dz)
+    t = min(t_newton, coords.step_limit(dz))
+    if not (np.isfinite(t) and t > 0):
+        return None
     for _ in range(MAX_HALVINGS):
         if coords.remainder(t * dz) <= (1.0 - ARMIJO) * t * -slope:
             return t

@@ -136,7 +136,8 @@ def test_tiny_alpha_no_overflow(signed, depth):
     inst = problems.generate_instance(M, N, 3, signed, seed=2)
     for scheme in ("constant", "random"):
         w0 = _weights(2 * N if signed else N, 1e-6, scheme)
-        with np.errstate(all="raise"):  # no overflow, invalid or division warnings either
+        # no overflow, invalid or division warnings either (underflow to 0 is expected and fine)
+        with np.errstate(over="raise", invalid="raise", divide="raise"):
             pred = theory.predicted_limit(inst.A, inst.b, w0, depth, signed)
         assert pred.status == "ok", pred.message
         assert np.all(np.isfinite(pred.x))
@@ -252,3 +253,54 @@ def test_flow_map_is_the_limit_map():
         assert _rel(theory.flow_map(A.T @ pred.nu, w0, depth, True), pred.x) <= 1e-8
         x0 = theory.flow_map(np.zeros(25), w0, depth, True)
         assert np.allclose(x0, w0[:25] ** depth - w0[25:] ** depth, rtol=1e-12, atol=0)
+
+
+# --- astronomically small effective scales (WN-GD with small eta~: C_inf in the hundreds) --------
+
+
+def _natural_log_scale(A, b, w0, depth):
+    """log gamma with max_i (gamma w0_i)^L = ||A^+ b||_inf: the scale of the solution."""
+    x_l2 = np.linalg.lstsq(A, b, rcond=None)[0]
+    return np.log(np.abs(x_l2).max()) / depth - np.log(w0.max())
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["nonneg", "signed"])
+def test_extreme_scales_l2(signed):
+    """L = 2 from w0 e^{-800} (alpha_eff = 1e-348, below float64): a log-domain solve, A x = b to
+    1e-9, and (the sparse x* is the unique minimum-l1 solution here) equal to basis pursuit."""
+    from pipeline import reference
+
+    M, N = 20, 50
+    inst = problems.generate_instance(M, N, 3, signed, seed=2)
+    bp = reference.basis_pursuit(inst.A, inst.b, nonneg=not signed)
+    assert bp.ok
+    for scheme in ("constant", "random"):
+        w0 = _weights(2 * N if signed else N, 0.1, scheme)
+        for log_scale in (-100.0, -800.0):
+            with np.errstate(over="raise", invalid="raise", divide="raise"):
+                pred = theory.predicted_limit(inst.A, inst.b, w0, 2, signed, log_scale=log_scale)
+            assert pred.status == "ok", (scheme, log_scale, pred.message)
+            assert np.linalg.norm(inst.A @ pred.x - inst.b) <= 1e-9 * np.linalg.norm(inst.b)
+            assert _rel(pred.x, bp.x) <= 1e-7, (scheme, log_scale)
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["nonneg", "signed"])
+def test_alpha_zero_limit_matches_newton_where_both_apply(signed):
+    """L = 3: just above the threshold where predicted_limit switches to the weighted-l1 LP, the
+    Newton solve and the LP agree; far below it the LP is what is returned (status ok), and with a
+    random init its weights u0^{2-L} make it differ from plain basis pursuit."""
+    M, N = 20, 50
+    inst = problems.generate_instance(M, N, 3, signed, seed=4)
+    n = 2 * N if signed else N
+    for scheme in ("constant", "random"):
+        w0 = _weights(n, 0.1, scheme)
+        natural = _natural_log_scale(inst.A, inst.b, w0, 3)
+        near = natural + 0.9 * theory.LIMIT_LOG_SCALE
+        newton = theory.predicted_limit(inst.A, inst.b, w0, 3, signed, log_scale=near)
+        assert newton.status == "ok" and newton.iterations > 0
+        limit = theory.alpha_zero_limit(inst.A, inst.b, w0, 3, signed, log_scale=near)
+        assert limit.status == "ok"
+        assert _rel(newton.x, limit.x) <= 1e-8
+        far = theory.predicted_limit(inst.A, inst.b, w0, 3, signed, log_scale=-800.0)
+        assert far.status == "ok" and far.iterations == 0 and "LP" in far.message
+        assert _rel(far.x, limit.x) <= 1e-8
