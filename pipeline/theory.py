@@ -89,8 +89,22 @@ or the step stalls), and an Armijo backtracking line search whose trial points c
 * The Armijo test uses D(nu + t p) - D(nu) = t r^T p + sum_i R_i(t), with r = A x - b and
   R_i >= 0 the second-order remainders of the G_i, each evaluated without cancellation (series
   near 0), so the test stays meaningful down to rounding-level residuals.
+* The Newton system is formed from log x'(z) scaled by its maximum, and the full Newton step
+  length 1 / max x'(z) is kept apart (the line search starts from it, capped by the domain), so a
+  start where every x'(z) underflows (alpha_eff = e^{-800}) still has a direction.
 * Steps are capped: |t A^T p| <= Z_STEP_CAP for L = 2, a fraction-to-the-boundary rule for L > 2.
-* L >= 4 with weights far below the solution's scale: warm start from the same weights scaled up
+* Effective scale: lambda = log-scale of the weights relative to the "natural" scale at which
+  max_i (gamma w0_i)^L = ||A^+ b||_inf. L = 2 with lambda < 2 EXTRAPOLATE_START (-50): a
+  continuation over lambda = -25, -50, -100, ... where nu is started from the linear extrapolation
+  of the last two solutions (nu is asymptotically affine in lambda: -2 lambda nu_hat + nu_c), so
+  e^{-1600} costs ~80-90 iterations instead of failing. L > 2 with lambda < LIMIT_LOG_SCALE (-50):
+  the finite-scale program is not representable (u0^{2-L} overflows, x underflows) and its solution
+  equals the alpha -> 0 limit, the weighted-l1 LP min sum_i u0_i^{2-L} p_i + v0_i^{2-L} q_i
+  s.t. A (p - q) = b, p, q >= 0, to ~1e-10 already at lambda = -30 (measured: 1e-10 over 72
+  instances, L = 3, lambda in {-30, -50, -80}); ``alpha_zero_limit`` solves it (scipy HiGHS).
+  For L = 2 the same substitution is not accurate (differences up to 4e-2 at lambda = -80 when the
+  l1 minimizer has M nonzeros), hence the continuation.
+* L >= 4 with weights far below the natural scale: warm start from the same weights scaled up
   (a loose solve there, then an exact rescaling of the state: scaling the weights by gamma and nu
   by gamma^{2-L} scales s_u and s_v by gamma^{2-L}); see WARM_START_MIN_DEPTH.
 * Stopping: relative residual ||A x - b|| / ||b|| <= rtol. Measured (benchmarks/theory.py): 6-27
@@ -101,8 +115,9 @@ Statuses: "ok" (converged); "inaccurate" (stalled or out of iterations with rela
 <= INACCURATE_RTOL; x is returned); "infeasible" (no x of the allowed signs solves A x = b: a
 Newton direction that is a Farkas certificate, or an LP feasibility check with scipy's HiGHS, run
 only when a solve has not converged after LP_CHECK_AFTER iterations or failed); "failed" (anything
-else, or unusable initial weights). x is NaN unless the status is "ok"
-or "inaccurate". A failed solve is never an exception; only malformed shapes raise ValueError.
+else, or unusable initial weights). x is NaN unless the status is "ok" or "inaccurate". A failed
+solve is never an exception; only malformed shapes raise ValueError. A Prediction's message says
+how it was obtained when that is not the plain Newton solve (e.g. the alpha -> 0 LP limit).
 """
 
 from __future__ import annotations
@@ -140,8 +155,9 @@ WARM_START_RTOL = 0.1
 #: Z_STEP_CAP in z) and the solve fails beyond about e^{-300}.
 EXTRAPOLATE_START = -25.0
 EXTRAPOLATE_RTOL = 1e-8
-#: Below e^{LIMIT_LOG_SCALE} times the solution's natural scale (max_i (gamma w0_i)^L = ||A^+ b||_inf)
-#: the prediction is the alpha -> 0 limit, a weighted-l1 LP (``alpha_zero_limit``).
+#: L > 2 more than e^{-LIMIT_LOG_SCALE} below the solution's natural scale (the gamma at which
+#: max_i (gamma w0_i)^L = ||A^+ b||_inf): the prediction is the alpha -> 0 limit, a weighted-l1 LP
+#: (``alpha_zero_limit``).
 LIMIT_LOG_SCALE = -50.0
 #: Newton iterations after which a solve that has not converged runs one LP feasibility check.
 LP_CHECK_AFTER = 40
@@ -467,14 +483,14 @@ def alpha_zero_limit(
 
         min sum_i c_i p_i + d_i q_i   s.t.  A (p - q) = b,  p, q >= 0   (q absent for nonneg),
 
-    with the weights the potential's linear term gives at the scale e^{log_scale} (module
-    docstring): L = 2: c_i = -2 log(u0_i e^{log_scale}), d_i likewise with v0; L > 2: c_i proportional
-    to u0_i^{2-L} (and d_i to v0_i^{2-L}; a common factor does not matter). Coordinates with a zero
-    weight are fixed at 0. Solved with scipy's HiGHS. ``predicted_limit`` returns this when the
-    scale is more than e^{-LIMIT_LOG_SCALE} below the solution's natural scale, where the finite-alpha
-    program is no longer representable in float64 and differs from the LP by far less than its
-    solve accuracy (measured in tests/test_theory.py). Shapes and statuses as ``predicted_limit``;
-    nu is NaN (the LP's duals are not the flow's nu); iterations is 0.
+    with the weights of the potential's linear term at the scale e^{log_scale} (module
+    docstring): L = 2: c_i = -2 log(u0_i e^{log_scale}), d_i the same with v0; L > 2: c_i
+    proportional to u0_i^{2-L}, d_i to v0_i^{2-L} (a common factor does not matter).
+    Coordinates with a zero weight are fixed at 0. Solved with scipy's HiGHS.
+    ``predicted_limit`` returns this for L > 2 when the scale is more than e^{-LIMIT_LOG_SCALE}
+    below the natural one: there the finite-scale program is not representable in float64 and
+    its solution equals this LP's to ~1e-10 (tests/test_theory.py). Shapes and statuses as
+    ``predicted_limit``; nu is NaN (the LP's duals are not the flow's nu); iterations is 0.
     """
     from scipy.optimize import linprog
 
@@ -585,7 +601,7 @@ def _newton_direction(A: np.ndarray, r: np.ndarray, log_h: np.ndarray, shift: fl
     """A Newton direction p and the step t_newton along it that is the full (regularized) Newton
     step: p solves (A diag(h / h_max) A^T + shift diag) p = -r by Jacobi scaling and Cholesky, and
     t_newton = 1 / h_max (inf if that overflows), so that arbitrarily small x'(z) (all underflowing)
-    still give a direction. log_h: (N,) log of the Hessian weights x'(z). (None, nan) if it fails."""
+    still give a direction. log_h: (N,) log of the Hessian weights x'(z). (None, nan) on failure."""
     top = float(np.max(log_h))
     if not np.isfinite(top):
         return None, np.nan
