@@ -562,7 +562,8 @@ def _newton(A, b, b_norm, coords, nu, rtol, budget):
     lower, upper = coords.allowed_signs()
     signs_forced = not np.any(np.isinf(lower) & np.isinf(upper))  # no free coordinate
     x, log_h = coords.values()
-    r = A @ x - b
+    with np.errstate(over="ignore", invalid="ignore"):  # an x that overflows: "non-finite" below
+        r = A @ x - b
     residual = _relative_norm(r, b_norm)
     while True:
         if not np.isfinite(residual):
@@ -593,7 +594,8 @@ def _newton(A, b, b_norm, coords, nu, rtol, budget):
         nu = nu + t * p
         coords.move(t * dz)
         x, log_h = coords.values()
-        r = A @ x - b
+        with np.errstate(over="ignore", invalid="ignore"):
+            r = A @ x - b
         residual = _relative_norm(r, b_norm)
 
 
@@ -629,7 +631,7 @@ def _relative_norm(r: np.ndarray, b_norm: float) -> float:
     """||r|| / b_norm without overflow in the sum of squares (inf only if an entry is)."""
     m = float(np.max(np.abs(r)))
     if not (np.isfinite(m) and m > 0):
-        return m / b_norm if np.isfinite(m) else np.inf
+        return m / b_norm if np.isfinite(m) else np.inf  # NaN -> inf as well
     return m * float(np.linalg.norm(r / m)) / b_norm
 
 

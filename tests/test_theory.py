@@ -203,6 +203,12 @@ def test_unusable_inputs_are_statuses_and_shapes_raise():
         pred = theory.predicted_limit(A, b, w0, 2, False)
         assert pred.status == "failed" and pred.message
     assert theory.predicted_limit(A, b, np.ones(20), 2, False, log_scale=np.nan).status == "failed"
+    # an initial scale e^400 (a WN run whose norm collapsed): x(0) overflows, a status, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for depth in (2, 3):
+            huge = theory.predicted_limit(A, b, np.ones(20), depth, False, log_scale=400.0)
+            assert huge.status == "failed" and np.all(np.isnan(huge.x))
     # a budget too small to converge: a status with the residual reached, not an exception
     tight = theory.predicted_limit(A, b, np.full(20, 1e-6), 2, False, max_newton=2)
     assert tight.status in ("failed", "inaccurate") and tight.iterations <= 2
