@@ -109,7 +109,9 @@ or the step stalls), and an Armijo backtracking line search whose trial points c
   by gamma^{2-L} scales s_u and s_v by gamma^{2-L}); see WARM_START_MIN_DEPTH.
 * Stopping: relative residual ||A x - b|| / ||b|| <= rtol. Measured (benchmarks/theory.py): 6-27
   Newton iterations for L = 2, 3 and alpha in [1e-3, 0.1]; up to ~40 (L = 3) and ~80 (L = 4) at
-  alpha = 1e-10. A solve costs 0.01-0.65x a basis-pursuit solve from (40, 100) to (200, 1000).
+  alpha = 1e-10; 50-140 for L = 2 at log-scale -300. A solve costs 0.01-0.8x a basis-pursuit
+  solve from (40, 100) to (200, 1000) (median 0.2); at log-scale -300 (WN-GD with a small eta~)
+  0.1-7x for L = 2 (the continuation) and 0.3-2.3x for L > 2 (the LP).
 
 Statuses: "ok" (converged); "inaccurate" (stalled or out of iterations with relative residual
 <= INACCURATE_RTOL; x is returned); "infeasible" (no x of the allowed signs solves A x = b: a
