@@ -57,9 +57,9 @@ DONE, CORRUPT = "done", "corrupt"
 MISSING_INSTANCES, ORPHAN_INSTANCES = "missing-instances", "orphan-instances"
 
 SCHEMAS = {RUNS: schema.RUNS_SCHEMA, INSTANCES: schema.INSTANCES_SCHEMA}
-#: Columns a shard may omit (read as nulls). x_final is written only with output.save_solutions;
+#: Columns a shard may omit (read as nulls): for runs, schema.OPTIONAL_RUN_COLUMNS; for instances,
 #: an instance's trial, M, N, s and sign repeat columns of its runs, so readers take them there.
-OPTIONAL = {RUNS: frozenset({"x_final"}),
+OPTIONAL = {RUNS: schema.OPTIONAL_RUN_COLUMNS,
             INSTANCES: frozenset({"trial", "M", "N", "s", "sign"})}
 KEYS = {RUNS: "run_id", INSTANCES: "instance_id"}
 

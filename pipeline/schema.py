@@ -27,6 +27,10 @@ def _param_fields(params) -> list[tuple[str, pa.DataType]]:
     return [(p.name, ARROW_TYPES[p.kind]) for p in params if p.column]
 
 
+#: Result columns added after wnsweep 0.1 (optional in stored shards, see OPTIONAL_RUN_COLUMNS).
+ADDED_RUN_FIELDS: list[tuple[str, pa.DataType]] = []
+ADDED_RUN_COLUMNS = frozenset(name for name, _ in ADDED_RUN_FIELDS)
+
 RUNS_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
@@ -52,6 +56,7 @@ RUNS_SCHEMA = pa.schema(
         ("x_final", pa.list_(pa.float64())),  # null unless output.save_solutions
         ("seconds", pa.float64()),  # wall time of the run's share of its batch
         ("node", pa.string()),  # host name of the worker that computed it
+        *ADDED_RUN_FIELDS,
     ]
 )
 
@@ -71,6 +76,15 @@ INSTANCES_SCHEMA = pa.schema(
         ("x_l1", pa.list_(pa.float64())),
     ]
 )
+
+
+#: Runs columns a valid shard may lack (read as nulls): x_final, written only with
+#: output.save_solutions, and every column added after wnsweep 0.1 (``ADDED_RUN_COLUMNS``, and
+#: parameters added since, which ``pipeline.parameters`` marks ``identity="unless_default"``), so
+#: that shards written before a column existed stay valid and resume computes nothing again.
+OPTIONAL_RUN_COLUMNS = frozenset(
+    {"x_final", *ADDED_RUN_COLUMNS,
+     *(p.name for p in PARAMS if p.column and p.identity == "unless_default")})
 
 
 def with_metadata(schema: pa.Schema, metadata: dict[bytes, bytes]) -> pa.Schema:

@@ -268,15 +268,24 @@ def test_adding_a_parameter_touches_only_the_table(tmp_path: Path):
     assert refused.returncode == 2 and "methods.wn.note" in refused.stderr
     assert "plain, fancy" in refused.stderr and not (tmp_path / "bad-out").exists()
 
-    for path in (plain, extended):
-        done = _wnsweep(root, "run", str(path), "--executor", "serial", "--no-progress",
-                        "--out", str(tmp_path / path.stem))
-        assert done.returncode == 0, done.stderr
+    # a folder written before the parameters existed resumes with nothing computed again
+    before = _wnsweep(REPO, "run", str(plain), "--executor", "serial", "--out",
+                      str(tmp_path / "plain"))
+    after = _wnsweep(root, "run", str(plain), "--executor", "serial", "--out",
+                     str(tmp_path / "plain"))
+    assert before.returncode == after.returncode == 0, before.stderr + after.stderr
+    assert after.stdout.startswith("0 runs computed") and "2 already stored" in after.stdout
+    status = _wnsweep(root, "status", str(tmp_path / "plain"))
+    assert status.returncode == 0 and "done 2 / 2 runs, missing 0" in status.stdout
+
+    done = _wnsweep(root, "run", str(extended), "--executor", "serial", "--out",
+                    str(tmp_path / "extended"))
+    assert done.returncode == 0, done.stderr
     old = pq.read_table(tmp_path / "plain" / "runs").to_pandas()
     new = pq.read_table(tmp_path / "extended" / "runs").to_pandas()
 
     # the new columns exist, with the default where a run does not set them
-    assert set(new["label"]) == {0, 3} and set(old["label"]) == {0}
+    assert set(new["label"]) == {0, 3} and "label" not in old.columns
     assert set(new.loc[new.method == "wn", "wn_note"]) == {"plain", "fancy"}
     assert new.loc[new.method == "gd", "wn_note"].isna().all()
     # runs at the defaults keep the run_ids they had before the parameters existed ...
