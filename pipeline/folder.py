@@ -17,12 +17,13 @@ there (``notes.txt``, ``extra.parquet``, a hidden ``.tmp-*`` left by an interrup
 - ``orphan-instances``: an instances shard without its runs shard (harmless: the instances shard
   is written first, so an interrupted write leaves this; the task is simply not done).
 
-Validity rule (``read_shard``): a shard is valid when it is readable Parquet; has every column of
-its schema (``pipeline.schema``) except the optional ones (``OPTIONAL``); each of those columns has
-a type that *casts* to the schema's without changing meaning (any integer for an integer, any
-integer or float for a float, string or large_string, lists of such, or all-null); every page
-reads back; the row count equals the ``wnsweep.rows`` metadata when present; its key column
-(run_id, instance_id) holds no nulls; and a runs shard does not repeat a run_id.
+Validity rule (``read_shard``), read from metadata: a shard is valid when its Parquet footer is
+readable; it has every column of its schema (``pipeline.schema``) except the optional ones
+(``OPTIONAL``); each of those columns has a type that *casts* to the schema's without changing
+meaning (any integer for an integer, any integer or float for a float, string or large_string,
+lists of such, or all-null); the row count of its footer equals the ``wnsweep.rows`` metadata
+when present; its key column (run_id, instance_id), the one column read, decodes whole with as
+many rows, holds no nulls; and a runs shard does not repeat a run_id.
 
 Why castable types and not exact ones: a shard is data, and the values of an int32 ``L`` or a
 large_string ``method`` are the same values. Shards are cast to the schema when read, so readers
@@ -30,9 +31,19 @@ always see the schema's types, while a shard written by an older or newer writer
 with a narrower or wider type of the same kind is neither refused by ``analysis.load`` nor sent
 back to be recomputed by a resume. A type of another kind (a string ``alpha``) is refused.
 
-Cost: validity needs every page decoded, so ``scan`` reads each shard once, whole, keeping only
-the columns its caller asks for (the store keeps none: the run_ids are always collected). A
-metadata-only check would replace ``_read_pages`` in ``read_shard`` and nothing else.
+Cost, and its trade-off. A scan that keeps no table (``wnsweep status``, resume: ``columns=()``)
+reads the footer and the key column of each shard and nothing else (column projection: on S3,
+a few ranged reads per shard), so its cost grows with the number of runs only through the 22
+bytes of each run_id; 1e6 stored runs take about a second (benchmarks/scale.py). The price: a
+damaged page in another column (a curve, a metric) is not seen by status or resume, which count
+that shard as done. A scan that keeps tables (``analysis.load``) still decodes every page of
+every shard it reads, so such a shard is named there (``corrupt: damaged data (...)``), and
+moving it aside (or deleting it) makes the next ``wnsweep run`` recompute its runs. Footers,
+schemas, row counts and run_ids (what decides which runs are stored) are checked by both.
+
+Stored run_ids are held compactly (``RunIds``): one sorted numpy array of fixed-width bytes,
+22 bytes a run_id, with vectorized membership, instead of a Python set of strings (~100 bytes
+a run_id).
 """
 
 from __future__ import annotations
@@ -40,9 +51,12 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
@@ -77,6 +91,127 @@ class ShardError(ValueError):
         self.reason = reason
 
 
+class RunIds(AbstractSet):
+    """A set of run_ids held as one sorted numpy array of unique fixed-width bytes.
+
+    Built from strings, from a numpy bytes array or from Arrow string arrays (``from_arrow``,
+    which does not go through Python objects). ``contains`` tests many ids at once; ``&``, ``|``
+    and ``-`` with another ``RunIds`` are vectorized (with any other set, it is converted first).
+    Iterating yields ``str``; it compares equal to any set holding the same strings."""
+
+    __slots__ = ("array",)
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, ids: Iterable[str] | np.ndarray = ()):
+        if isinstance(ids, RunIds):
+            self.array = ids.array
+            return
+        if not isinstance(ids, np.ndarray):
+            ids = _bytes_array([i.encode() for i in ids])
+        self.array = np.unique(ids) if len(ids) else np.empty(0, dtype="S1")
+
+    @classmethod
+    def from_arrow(cls, column: pa.Array | pa.ChunkedArray) -> "RunIds":
+        return cls(arrow_bytes(column))
+
+    @classmethod
+    def _from_iterable(cls, it: Iterable[str]) -> "RunIds":  # what the Set mixins build
+        return cls(it)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __iter__(self) -> Iterator[str]:
+        return (b.decode() for b in self.array)
+
+    def __contains__(self, run_id: object) -> bool:
+        if not isinstance(run_id, str) or not len(self.array):
+            return False
+        key = run_id.encode()
+        i = int(np.searchsorted(self.array, key))
+        return i < len(self.array) and self.array[i] == key
+
+    def contains(self, ids: Iterable[str] | np.ndarray) -> np.ndarray:
+        """A boolean array: whether each of ``ids`` is in the set (vectorized)."""
+        if not isinstance(ids, np.ndarray):
+            ids = _bytes_array([i.encode() for i in ids])
+        if not len(self.array) or not len(ids):
+            return np.zeros(len(ids), dtype=bool)
+        width = max(self.array.dtype.itemsize, ids.dtype.itemsize)
+        ids = ids.astype(f"S{width}", copy=False)
+        array = self.array.astype(f"S{width}", copy=False)
+        i = np.minimum(np.searchsorted(array, ids), len(array) - 1)
+        return array[i] == ids
+
+    @staticmethod
+    def _coerce(other: object) -> "RunIds | None":
+        if isinstance(other, RunIds):
+            return other
+        if isinstance(other, AbstractSet):
+            return RunIds(other)  # type: ignore[arg-type]
+        return None
+
+    def __and__(self, other):
+        other = self._coerce(other)
+        if other is None:
+            return NotImplemented
+        return RunIds(self.array[other.contains(self.array)])
+
+    __rand__ = __and__
+
+    def __or__(self, other):
+        other = self._coerce(other)
+        if other is None:
+            return NotImplemented
+        return RunIds(np.concatenate([self.array, other.array]))
+
+    __ror__ = __or__
+
+    def __sub__(self, other):
+        other = self._coerce(other)
+        if other is None:
+            return NotImplemented
+        return RunIds(self.array[~other.contains(self.array)])
+
+    def __rsub__(self, other):
+        other = self._coerce(other)
+        if other is None:
+            return NotImplemented
+        return other - self
+
+    def __eq__(self, other):
+        other = self._coerce(other)
+        if other is None:
+            return NotImplemented
+        return len(self) == len(other) and bool(np.all(self.contains(other.array)))
+
+    def __repr__(self) -> str:
+        return f"RunIds({len(self)} run_ids)"
+
+
+def _bytes_array(items: list[bytes]) -> np.ndarray:
+    return np.array(items, dtype=bytes) if items else np.empty(0, dtype="S1")
+
+
+def arrow_bytes(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A string column (no nulls) as a numpy array of fixed-width bytes. Ids of one width (every
+    run_id is ``r-`` and 20 hex digits) are viewed straight from Arrow's data buffer."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], pa.string())
+    if pa.types.is_large_string(column.type):
+        column = column.cast(pa.string())
+    n = len(column)
+    if n == 0:
+        return np.empty(0, dtype="S1")
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset:column.offset + n + 1]
+    widths = np.diff(offsets)
+    width = int(widths[0])
+    if width > 0 and bool(np.all(widths == width)):
+        return np.frombuffer(column.buffers()[2], dtype=f"S{width}", count=n,
+                             offset=int(offsets[0])).copy()
+    return _bytes_array([v.encode() for v in column.to_pylist()])
+
+
 @dataclass
 class ShardStatus:
     """The verdict on one task's pair of shards, and what was read from a done pair."""
@@ -87,7 +222,7 @@ class ShardStatus:
     detail: str = ""
     version: str = ""  # the wnsweep version that wrote the runs shard
     path: str = ""  # the file the verdict names (the runs shard, unless instances is at fault)
-    run_ids: frozenset[str] = frozenset()
+    run_ids: RunIds = field(default_factory=RunIds, repr=False)
     spec_hashes: frozenset[str] = frozenset()
     runs_table: pa.Table | None = field(default=None, repr=False)
     instances_table: pa.Table | None = field(default=None, repr=False)
@@ -105,10 +240,27 @@ class ShardStatus:
 class Inventory:
     """What a results folder holds: valid run_ids, a verdict per shard pair, ignored files."""
 
-    run_ids: set[str] = field(default_factory=set)
     shards: list[ShardStatus] = field(default_factory=list)
-    duplicates: int = 0  # run_ids of valid shards already seen in an earlier valid shard
     ignored: list[str] = field(default_factory=list)  # e.g. "runs/notes.txt"
+    _merged: tuple[RunIds, int] | None = field(default=None, repr=False)
+
+    @property
+    def run_ids(self) -> RunIds:
+        """The run_ids of the done pairs (merged once, when first asked for)."""
+        return self._merge()[0]
+
+    @property
+    def duplicates(self) -> int:
+        """Run_ids of done pairs already seen in another done pair (a shard never repeats one)."""
+        return self._merge()[1]
+
+    def _merge(self) -> tuple[RunIds, int]:
+        if self._merged is None:
+            arrays = [s.run_ids.array for s in self.done]
+            total = sum(len(a) for a in arrays)
+            ids = RunIds(np.concatenate(arrays)) if arrays else RunIds()
+            self._merged = (ids, total - len(ids))
+        return self._merged
 
     @property
     def corrupt(self) -> list[ShardStatus]:
@@ -125,10 +277,8 @@ class Inventory:
         return {s.version for s in self.done}
 
     def add(self, status: ShardStatus) -> None:
-        if status.state == DONE:
-            self.duplicates += len(self.run_ids & status.run_ids)
-            self.run_ids |= status.run_ids
         self.shards.append(status)
+        self._merged = None
 
 
 @dataclass
@@ -137,7 +287,7 @@ class ShardRead:
 
     problem: str = ""
     table: pa.Table | None = None  # the kept columns, cast to the schema, filtered
-    keys: list | None = None  # the key column, whole (before any filter)
+    ids: RunIds | None = None  # a runs shard's run_ids, whole (before any filter)
     metadata: dict[bytes, bytes] = field(default_factory=dict)
 
 
@@ -214,7 +364,8 @@ class ResultsFolder:
 
         ``columns`` / ``instance_columns``: what a done pair keeps in ``runs_table`` /
         ``instances_table`` (None: all columns, cast to the schema, plus any newer ones; ``()``:
-        no table). ``filter`` selects the rows kept in ``runs_table``; run_ids are always whole.
+        no table, and then only the shard's footer and key column are read). ``filter`` selects
+        the rows kept in ``runs_table``; run_ids are always whole.
         """
         # runs/ is listed before instances/: a task's instances shard is written before its runs
         # shard, so a runs shard seen here has its instances shard in the second listing.
@@ -242,7 +393,7 @@ class ResultsFolder:
         if instances.problem:
             return ShardStatus(task_id, CORRUPT, path=instances_path,
                                detail=f"instances shard: {instances.problem}")
-        run_ids = frozenset(runs.keys or ())
+        run_ids = runs.ids if runs.ids is not None else RunIds()
         hashes = {m[schema.META_SPEC_HASH].decode() for m in (runs.metadata, instances.metadata)
                   if schema.META_SPEC_HASH in m}
         return ShardStatus(task_id, DONE, runs=len(run_ids), path=runs_path, run_ids=run_ids,
@@ -254,7 +405,9 @@ class ResultsFolder:
 def read_shard(fs: pafs.FileSystem, path: str, kind: str, columns: Sequence[str] | None = (),
                filter: ds.Expression | None = None) -> ShardRead:
     """Read and check one shard of ``kind`` (runs | instances) against the validity rule (module
-    docstring), keeping ``columns`` (None: all) of the rows that pass ``filter``."""
+    docstring), keeping ``columns`` (None: all) of the rows that pass ``filter``. With no
+    column to keep, only the footer and the key column are read; otherwise every page of every
+    column is decoded (so that a damaged page is named)."""
     expected, key = SCHEMAS[kind], KEYS[kind]
     try:
         with fs.open_input_file(path) as f:
@@ -271,7 +424,11 @@ def read_shard(fs: pafs.FileSystem, path: str, kind: str, columns: Sequence[str]
                                                  if f.name not in expected.names])
             keep = target.names if columns is None else list(columns)
             try:
-                table, keys, rows = _read_pages(parquet, target, key, keep, filter)
+                if keep:
+                    table, keys, rows = _read_pages(parquet, target, key, keep, filter)
+                else:  # metadata only: the footer's row count and the key column
+                    table, rows = None, parquet.metadata.num_rows
+                    keys = parquet.read(columns=[key]).column(key)
             except (OSError, pa.ArrowException) as exc:
                 return ShardRead(f"damaged data ({exc})")
     except (OSError, pa.ArrowException) as exc:
@@ -280,15 +437,20 @@ def read_shard(fs: pafs.FileSystem, path: str, kind: str, columns: Sequence[str]
     if recorded is not None and recorded.decode(errors="replace").strip() != str(rows):
         return ShardRead(f"holds {rows} rows, its metadata says "
                          f"{recorded.decode(errors='replace')}")
-    if any(k is None for k in keys):
+    if len(keys) != rows:
+        return ShardRead(f"column {key!r} holds {len(keys)} rows, the footer says {rows}")
+    if keys.null_count:
         return ShardRead(f"column {key!r} has nulls")
-    if kind == RUNS and len(set(keys)) != len(keys):
-        return ShardRead("repeats a run_id")
-    return ShardRead("", table if keep else None, keys, metadata)
+    ids = None
+    if kind == RUNS:
+        ids = RunIds.from_arrow(keys)
+        if len(ids) != len(keys):
+            return ShardRead("repeats a run_id")
+    return ShardRead("", table if keep else None, ids, metadata)
 
 
 def _read_pages(parquet: pq.ParquetFile, target: pa.Schema, key: str, keep: list[str],
-                filter: ds.Expression | None) -> tuple[pa.Table, list, int]:
+                filter: ds.Expression | None) -> tuple[pa.Table, pa.ChunkedArray, int]:
     """Decode every page of every column (so a damaged one shows up), keeping the key column
     whole and, of the rows that pass ``filter``, the ``keep`` columns cast to ``target`` (absent
     optional columns as nulls). Returns (kept table, key column, rows read)."""
@@ -297,9 +459,7 @@ def _read_pages(parquet: pq.ParquetFile, target: pa.Schema, key: str, keep: list
     batches, keys, rows = [], [], 0
     for batch in parquet.iter_batches():
         rows += batch.num_rows
-        keys.extend(batch.column(key).to_pylist())
-        if not keep:
-            continue
+        keys.append(batch.column(key))
         arrays = [batch.column(f.name).cast(f.type) if f.name in batch.schema.names
                   else pa.nulls(batch.num_rows, f.type) for f in wanted]
         conformed = pa.RecordBatch.from_arrays(arrays, schema=wanted)
@@ -307,7 +467,8 @@ def _read_pages(parquet: pq.ParquetFile, target: pa.Schema, key: str, keep: list
             conformed = conformed.filter(filter).select(keep)
         batches.append(conformed)
     kept = pa.schema([target.field(name) for name in keep])
-    return pa.Table.from_batches(batches, schema=kept), keys, rows
+    key_type = parquet.schema_arrow.field(key).type
+    return pa.Table.from_batches(batches, schema=kept), pa.chunked_array(keys, key_type), rows
 
 
 def schema_problem(actual: pa.Schema, expected: pa.Schema, optional: frozenset[str]) -> str:
