@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="count runs, instances and tasks; estimate the cost")
     p.add_argument("sweep", help="sweep file (YAML)")
     p.add_argument("--out", help="output folder or URI (default results/<name>)")
+    p.add_argument("--max-runs", type=int, help="refuse a sweep of more runs (default 100 "
+                   "million); counted before anything is planned")
 
     r = sub.add_parser("run", help="run (or resume) a sweep")
     r.add_argument("sweep", help="sweep file (YAML)")
@@ -35,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray instance (default: all)")
     r.add_argument("--task-seconds", type=float, default=20.0,
                    help="estimated work per task (default 20 s)")
+    r.add_argument("--max-runs", type=int, help="refuse a sweep of more runs (default 100 "
+                   "million); counted before anything is planned or written")
     r.add_argument("--force", action="store_true",
                    help="discard results written to --out by a different spec")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -78,8 +82,13 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from pipeline import sweep
 
+    max_runs = getattr(args, "max_runs", None)
+    if max_runs is not None and max_runs < 1:
+        print("wnsweep: error: --max-runs must be >= 1", file=sys.stderr)
+        return 2
+    max_runs = max_runs or sweep.MAX_RUNS
     if args.command == "plan":
-        print(sweep.plan_text(args.sweep, args.out))
+        print(sweep.plan_text(args.sweep, args.out, max_runs=max_runs))
         return 0
     if args.command == "run":
         if args.task_seconds <= 0:
@@ -92,9 +101,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         outcome = sweep.run_sweep(
             args.sweep, out=args.out, executor=args.executor, address=args.address,
             force=args.force, progress=False if args.no_progress else None,
-            num_cpus=args.num_cpus, task_seconds=args.task_seconds, verbose=args.verbose)
+            num_cpus=args.num_cpus, task_seconds=args.task_seconds, verbose=args.verbose,
+            max_runs=max_runs)
         print(f"{outcome.computed} runs computed in {outcome.seconds:.1f} s "
               f"({outcome.already} already stored, {outcome.planned} planned) -> {outcome.out}")
+        if outcome.write_problem:
+            print(f"wnsweep: tasks could not write their shards to {outcome.out} where they ran "
+                  f"({outcome.write_problem}); the driver wrote {outcome.written_by_driver} "
+                  "task(s) instead (docs/CLUSTER.md: give the workers write access)",
+                  file=sys.stderr)
         for task_id, error in outcome.failed:
             print(f"wnsweep: task {task_id} failed: {error}", file=sys.stderr)
         if outcome.failed:

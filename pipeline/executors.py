@@ -1,13 +1,26 @@
 """Executors: run tasks serially in this process, or as Ray tasks on a local instance or a cluster.
 
-Both call the same ``run_task`` on the same tasks and hand each result to ``on_result`` as soon as
-it completes, so the two produce identical numbers. The Ray executor keeps a bounded number of
-tasks in flight (``ray.wait``), lets Ray retry a task whose worker or node died, and ships a user
-instance file's bytes once through the object store. This is the only module that imports Ray.
+Both call the same ``run_task`` on the same tasks and hand each completion to ``on_result`` as
+soon as it happens, so the two produce identical numbers. The Ray executor keeps a bounded number
+of tasks in flight (``ray.wait``), lets Ray retry a task whose worker or node died, and ships a
+user instance file's bytes once through the object store. This is the only module that imports
+Ray.
+
+Who writes the shards. Given the output (``out``), a task writes its own two shards through
+``store.ResultsStore`` where it ran, and the driver receives only ``Completed(task_id, runs)``:
+the driver tracks completion and nothing else, so it does not limit how many workers a sweep can
+use. A task writes when its node sees the output: always for an object store (``s3://...``);
+for a local path, when that node sees the very ``manifest.json`` the driver wrote (same inode,
+time and size: the driver's machine, or a shared file system). Otherwise, or when its write
+fails (a worker without S3 credentials), it hands its tables back in ``Completed.result`` and
+the driver writes them. Exactly once: a task's shards are named by its id, each written whole
+(``pipeline.store``), so a retried task, or one repeated after a killed driver, replaces the same
+two files; a run is stored when a valid runs shard holds it, whoever wrote it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -18,6 +31,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
+from pipeline import store
 from pipeline.plan import Task
 from pipeline.spec import SpecError
 from pipeline.task import TaskResult, run_task
@@ -29,6 +45,17 @@ MAX_RETRIES = 4
 MIN_IN_FLIGHT = 16
 
 
+@dataclass(frozen=True)
+class Completed:
+    """A task done: its id and run count, and its tables when the driver is to write them
+    (``result`` is None when the task wrote its shards itself)."""
+
+    task_id: str
+    runs: int
+    result: TaskResult | None = None
+    problem: str = ""  # why the task could not write its shards, when it tried and failed
+
+
 @dataclass
 class ExecutionReport:
     """What happened: tasks completed and tasks that failed with an exception (not retried)."""
@@ -36,9 +63,69 @@ class ExecutionReport:
     completed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (task_id, error)
     seconds: float = 0.0
+    written_by_driver: int = 0  # completions handed back with their tables
+    write_problem: str = ""  # the first reason a task could not write its own shards
 
     def fail(self, task: Task, exc: BaseException) -> None:
         self.failed.append((task.task_id, f"{type(exc).__name__}: {exc}"))
+
+    def count(self, done: Completed) -> None:
+        self.completed += 1
+        if done.result is not None:
+            self.written_by_driver += 1
+        if done.problem and not self.write_problem:
+            self.write_problem = done.problem
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where tasks write their shards (module docstring): ``uri``, and for a local path the
+    identity (inode, mtime in ns, size) of its ``manifest.json`` as the driver sees it."""
+
+    uri: str
+    local: bool = False
+    witness: tuple[int, int, int] | None = None
+
+    @classmethod
+    def of(cls, uri: str) -> "Output":
+        folder = store.ResultsFolder(uri)
+        if not folder.is_local:
+            return cls(folder.uri)
+        return cls(folder.uri, True, _identity(folder.path("manifest.json")))
+
+    def visible(self) -> bool:
+        """Whether this process sees the output (an object store: always)."""
+        if not self.local:
+            return True
+        here = _identity(store.ResultsFolder(self.uri).path("manifest.json"))
+        return here is not None and here == self.witness
+
+
+def _identity(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _store(uri: str) -> store.ResultsStore:
+    """One store per output and process (an S3 filesystem is set up once per worker)."""
+    return store.ResultsStore(uri)
+
+
+def _finish(result: TaskResult, out: Output | None) -> Completed:
+    """Write the task's shards here when ``out`` is visible, else hand the tables back."""
+    rows = result.runs.num_rows
+    if out is None or not out.visible():
+        return Completed(result.task_id, rows, result)
+    try:
+        _store(out.uri).write_task(result.task_id, result.runs, result.instances)
+    except (OSError, pa.ArrowException) as exc:  # e.g. no credentials for the bucket here
+        return Completed(result.task_id, rows, result,
+                         problem=f"{socket.gethostname()}: {type(exc).__name__}: {exc}")
+    return Completed(result.task_id, rows)
 
 
 def _problem_bytes(tasks: Sequence[Task]) -> bytes | None:
@@ -55,28 +142,31 @@ def _problem_bytes(tasks: Sequence[Task]) -> bytes | None:
     return data
 
 
-def run_serial(tasks: Sequence[Task], on_result: Callable[[TaskResult], None]) -> ExecutionReport:
-    """Run every task in this process, in order (debugging, profiling, no Ray)."""
+def run_serial(tasks: Sequence[Task], on_result: Callable[[Completed], None],
+               out: str | None = None) -> ExecutionReport:
+    """Run every task in this process, in order (debugging, profiling, no Ray); with ``out``,
+    each task's shards are written as it completes (else ``on_result`` gets the tables)."""
     report, start = ExecutionReport(), time.perf_counter()
     data = _problem_bytes(tasks)
     node = f"serial@{socket.gethostname()}"
+    output = Output.of(out) if out is not None else None
     for task in tasks:
         try:
-            result = run_task(task, data, node=node)
+            done = _finish(run_task(task, data, node=node), output)
         except Exception as exc:  # a bug or a bad instance: record it, go on with the others
             report.fail(task, exc)
             continue
-        on_result(result)
-        report.completed += 1
+        on_result(done)
+        report.count(done)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _ray_task(task: Task, data: bytes | None) -> TaskResult:
+def _ray_task(task: Task, data: bytes | None, out: Output | None) -> Completed:
     import ray
 
     node = ray.get_runtime_context().get_node_id()[:12]
-    return run_task(task, data, node=f"{socket.gethostname()}:{node}")
+    return _finish(run_task(task, data, node=f"{socket.gethostname()}:{node}"), out)
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> bool:
@@ -125,15 +215,17 @@ def shutdown_ray() -> None:
     ray.shutdown()
 
 
-def run_ray(tasks: Sequence[Task], on_result: Callable[[TaskResult], None],
-            max_in_flight: int | None = None) -> ExecutionReport:
-    """Run the tasks as Ray tasks on the Ray instance this process is connected to."""
+def run_ray(tasks: Sequence[Task], on_result: Callable[[Completed], None],
+            max_in_flight: int | None = None, out: str | None = None) -> ExecutionReport:
+    """Run the tasks as Ray tasks on the Ray instance this process is connected to; with
+    ``out``, each task writes its shards where it ran when it can (module docstring)."""
     import ray
 
     report, start = ExecutionReport(), time.perf_counter()
     remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_ray_task)
     data = _problem_bytes(tasks)
     data_ref = ray.put(data) if data is not None else None
+    output = Output.of(out) if out is not None else None
     queue = list(reversed(tasks))
     in_flight: dict[ray.ObjectRef, Task] = {}
     try:
@@ -142,17 +234,17 @@ def run_ray(tasks: Sequence[Task], on_result: Callable[[TaskResult], None],
             limit = max_in_flight or max(2 * cluster_cpus(), MIN_IN_FLIGHT)
             while queue and len(in_flight) < limit:
                 task = queue.pop()
-                in_flight[remote.remote(task, data_ref)] = task
+                in_flight[remote.remote(task, data_ref, output)] = task
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
                 task = in_flight.pop(ref)
                 try:
-                    result = ray.get(ref)
+                    done = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # an exception in the task, or retries
                     report.fail(task, exc)  # exhausted (worker, node or memory failures)
                     continue
-                on_result(result)
-                report.completed += 1
+                on_result(done)
+                report.count(done)
     finally:
         for ref in in_flight:  # Ctrl-C or an error in on_result: stop what is still running
             ray.cancel(ref, force=True)

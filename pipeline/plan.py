@@ -252,3 +252,35 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def run_count_factors(spec: SweepSpec) -> tuple[list[tuple[str, int]], list[tuple[str, int]],
+                                                 list[tuple[str, list[tuple[str, int]]]]]:
+    """The sizes that multiply into the run count, each with its sweep-file field, as
+    ``make_plan`` expands them: (instance axes and trials, shared run axes, per method its own
+    axes). Read from the validated spec; nothing is expanded."""
+    instance = [(p.field(), len(spec.axes[p.name])) for p in INSTANCE_PARAMS if p.name in spec.axes]
+    instance.append(("trials", int(spec.trials)))
+    shared = [(p.field(), len(spec.axes[p.name])) for p in SHARED_RUN_PARAMS
+              if p.name in spec.axes]
+    by_name = {p.name: p for p in RUN_PARAMS}
+    methods = [(m.name, [(by_name[name].field(m.name) if name in by_name
+                          else f"methods.{m.name}.{name}", len(values))
+                         for name, values in m.axes.items()]) for m in spec.methods]
+    return instance, shared, methods
+
+
+def count_runs(spec: SweepSpec) -> int:
+    """The number of runs ``make_plan`` would make, counted arithmetically: the product of the
+    instance axes x trials x (the product of the shared run axes x the sum over methods of the
+    product of that method's own axes)."""
+    instance, shared, methods = run_count_factors(spec)
+    per_method = sum(_product(n for _, n in axes) for _, axes in methods)
+    return _product(n for _, n in instance) * _product(n for _, n in shared) * per_method
+
+
+def _product(numbers) -> int:
+    out = 1
+    for n in numbers:
+        out *= int(n)
+    return out

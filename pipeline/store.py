@@ -10,8 +10,13 @@ Atomicity. A shard is written whole or not at all: on local disks under a hidden
 then renamed; on object stores it is encoded in memory first and then uploaded to its final key in
 one write, so an interruption falls before the upload starts or after it has completed. The
 instances shard of a task is written before its runs shard, and a run counts as stored only when
-a runs shard holding it reads back whole, so a killed driver can leave at most a hidden temporary
-file or an unreferenced instances shard, both harmless.
+a runs shard holding it is valid, so a killed driver or worker can leave at most a hidden
+temporary file or an unreferenced instances shard, both harmless.
+
+Writers. A task's shards are named by the task id (a hash of its run_ids), so whoever writes them
+(the Ray task where it ran, or the driver: ``pipeline.executors``) and however often (a retried
+task, a task repeated after a killed driver), the same runs land under the same two names, each
+replaced whole.
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import __version__, schema
-from pipeline.folder import (  # noqa: F401  (Inventory, ShardStatus: re-exported)
-    INSTANCES, RUNS, Inventory, ResultsFolder, ShardStatus, StoreError)
+from pipeline.folder import (  # noqa: F401  (Inventory, RunIds, ShardStatus: re-exported)
+    INSTANCES, RUNS, Inventory, ResultsFolder, RunIds, ShardStatus, StoreError)
 from pipeline.spec import SweepSpec
 
 RUNS_DIR, INSTANCES_DIR, QUARANTINE_DIR = RUNS, INSTANCES, "corrupt"
@@ -114,8 +119,9 @@ class ResultsStore(ResultsFolder):
             self._write_table(self.shard_path(kind, task_id), table.replace_schema_metadata(meta))
 
     def inventory(self) -> Inventory:
-        """Every shard pair's verdict and the valid run_ids, each shard read back whole once
-        (``ResultsFolder.scan``; no columns are kept, the run_ids are always collected)."""
+        """Every shard pair's verdict and the valid run_ids, from each shard's footer and key
+        column only (``ResultsFolder.scan`` keeping no table; see pipeline/folder.py for what
+        that does not see)."""
         return self.scan()
 
     def quarantine(self, statuses: list[ShardStatus]) -> None:
@@ -156,6 +162,11 @@ class ResultsStore(ResultsFolder):
             out.write(data)
         if target != path:
             self.fs.move(target, path)
+        else:  # an object store: check that the object holds what was sent
+            stored = self.fs.get_file_info(path).size
+            if stored != len(data):
+                raise OSError(f"{path}: the object store holds {stored} bytes, {len(data)} "
+                              "were written")
 
     @staticmethod
     def _temporary(path: str) -> str:

@@ -1,8 +1,17 @@
 """A sweep end to end: spec -> plan -> (resume) -> execute -> shards. The CLI and tests call this.
 
-Resume: the store's inventory says which run_ids already sit in valid shards; only the others are
-planned into tasks. Unusable shards (truncated, corrupt, half-written) are moved to ``corrupt/``
-first, so their runs are computed again and the dataset never holds a damaged file.
+Size: a sweep of more than ``max_runs`` runs (default ``MAX_RUNS``, ``--max-runs``) is refused
+before it is planned, from the run count of the validated spec (``plan.count_runs``), with a
+message naming its axes and their product: a typo's extra zeros in ``trials`` costs nothing.
+
+Resume: the store's inventory (shard footers and run_id columns only, ``pipeline.folder``) says
+which run_ids already sit in valid shards; only the others are planned into tasks. Unusable
+shards (truncated, corrupt, half-written) are moved to ``corrupt/`` first, so their runs are
+computed again and the dataset never holds a damaged file.
+
+Who writes the shards: the task that computed them, where it ran, when the output is an object
+store or a local path that task's node sees (``executors``); otherwise the driver. Either way a
+task's two shards keep the task's name, so a retried or repeated task rewrites them whole.
 """
 
 from __future__ import annotations
@@ -15,9 +24,12 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from pipeline import executors, store
-from pipeline.plan import TASK_SECONDS, Plan, Task, make_plan, summarize
-from pipeline.spec import SweepSpec, load_spec, parse_spec
-from pipeline.task import TaskResult
+from pipeline.plan import (TASK_SECONDS, Plan, Task, count_runs, make_plan, run_count_factors,
+                           summarize)
+from pipeline.spec import SpecError, SweepSpec, load_spec, parse_spec
+
+#: The most runs a sweep may have unless ``max_runs`` (``--max-runs``) says otherwise.
+MAX_RUNS = 100_000_000
 
 
 @dataclass
@@ -29,39 +41,79 @@ class SweepOutcome:
     tasks: int
     failed: list[tuple[str, str]]
     seconds: float
+    written_by_driver: int = 0  # shards the driver wrote (the others: where their task ran)
+    write_problem: str = ""  # why a task could not write its own shards, when one could not
 
 
 def default_out(spec: SweepSpec) -> str:
     return os.path.join("results", spec.name)
 
 
-def plan_text(spec_path: str, out: str | None = None) -> str:
+class SweepTooLarge(SpecError):
+    """A sweep with more runs than allowed (``max_runs``), refused before it is planned."""
+
+
+def check_size(spec: SweepSpec, max_runs: int = MAX_RUNS) -> int:
+    """The sweep's run count; SweepTooLarge naming its axes and their product when above
+    ``max_runs``. Arithmetic on the validated spec: nothing is expanded."""
+    runs = count_runs(spec)
+    if runs <= max_runs:
+        return runs
+    instance, shared, methods = run_count_factors(spec)
+    sized = instance + shared + [a for _, axes in methods for a in axes]
+    largest = max(sized, key=lambda item: item[1])[0]
+
+    def product(factors: list[tuple[str, int]]) -> str:
+        return " x ".join(f"{field} {n:,}" for field, n in factors if n > 1) or "1"
+
+    def size(factors: list[tuple[str, int]]) -> int:
+        out = 1
+        for _, n in factors:
+            out *= n
+        return out
+
+    n_instances = size(instance)
+    per_instance = runs // n_instances
+    methods_text = " + ".join(f"{name} {size(axes):,}" + (f" ({product(axes)})" if size(axes) > 1
+                                                          else "") for name, axes in methods)
+    raise SweepTooLarge(
+        spec.source, largest,
+        f"{runs:,} runs, more than the maximum of {max_runs:,} (--max-runs): {runs:,} = "
+        f"{n_instances:,} instances ({product(instance)}) x {per_instance:,} runs per instance "
+        f"({product(shared)} x methods [{methods_text}]); reduce an axis or trials, or raise "
+        "--max-runs")
+
+
+def plan_text(spec_path: str, out: str | None = None, max_runs: int = MAX_RUNS) -> str:
     """What `wnsweep plan` prints, accounting for runs already stored in the output folder."""
     spec = load_spec(spec_path)
+    check_size(spec, max_runs)
     plan = make_plan(spec)
     out = out or default_out(spec)
     done = _stored_run_ids(out)
-    tasks = plan.tasks(done & plan.run_ids)
+    already = frozenset(done & plan.run_ids)
+    tasks = plan.tasks(already)
     text = summarize(plan, tasks)
     if done:
-        text += f"\nstored:    {len(done & plan.run_ids)} runs already in {out}"
+        text += f"\nstored:    {len(already)} runs already in {out}"
     return text
 
 
-def _stored_run_ids(out: str) -> set[str]:
+def _stored_run_ids(out: str) -> store.RunIds:
     results = store.ResultsStore(out)
-    return results.inventory().run_ids if results.exists() else set()
+    return results.inventory().run_ids if results.exists() else store.RunIds()
 
 
 def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
               address: str | None = None, force: bool = False, progress: bool | None = None,
               num_cpus: int | None = None, task_seconds: float = TASK_SECONDS,
-              verbose: bool = False) -> SweepOutcome:
+              verbose: bool = False, max_runs: int = MAX_RUNS) -> SweepOutcome:
     """Run (or resume) a sweep into ``out`` (default results/<name>); ``verbose`` lets Ray's
     logs and the workers' output through (``executors.init_ray``). Raises SpecError on a bad
-    sweep file, StoreError on an unusable output folder and ConnectionError when the Ray cluster
-    cannot be reached, before anything is written."""
+    sweep file (SweepTooLarge above ``max_runs`` runs), StoreError on an unusable output folder
+    and ConnectionError when the Ray cluster cannot be reached, before anything is written."""
     spec = load_spec(spec_path)  # validation comes first: a bad file writes nothing
+    check_size(spec, max_runs)  # and the size, before anything is allocated
     plan = make_plan(spec)
     out = out or default_out(spec)
     if executor not in ("serial", "ray"):
@@ -75,7 +127,7 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
         results.clean_temporaries()
         inventory = results.inventory()
         results.quarantine(inventory.corrupt)
-        already = inventory.run_ids & plan.run_ids
+        already = frozenset(inventory.run_ids & plan.run_ids)
         # at least eight tasks per CPU, so that the last wave leaves little idle time
         min_tasks = 8 * executors.cluster_cpus() if executor == "ray" else 1
         tasks = plan.tasks(frozenset(already), task_seconds=task_seconds, min_tasks=min_tasks)
@@ -88,36 +140,43 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
         if started_ray:
             executors.shutdown_ray()
     return SweepOutcome(out=out, planned=len(plan.runs), already=len(already), computed=computed,
-                        tasks=len(tasks), failed=report.failed, seconds=seconds)
+                        tasks=len(tasks), failed=report.failed, seconds=seconds,
+                        written_by_driver=report.written_by_driver,
+                        write_problem=report.write_problem)
 
 
 def _execute(tasks: list[Task], executor: str, results: store.ResultsStore, manifest: dict,
              entry: dict, name: str, progress: bool | None
              ) -> tuple[int, executors.ExecutionReport, float]:
-    """Run the tasks, writing each result's shards as it completes, and record the invocation
-    (``entry``) in the manifest. Returns (runs computed, the executor's report, seconds)."""
+    """Run the tasks, each writing its shards where it ran when it can (the driver writes those
+    handed back), track completion, and record the invocation (``entry``) in the manifest.
+    Returns (runs computed, the executor's report, seconds)."""
     # progress None: a bar on terminals only (tqdm's disable=None)
     bar = tqdm(total=sum(len(t.runs) for t in tasks), unit="run", desc=name,
                disable=None if progress is None else not progress, smoothing=0.1)
     computed = 0
 
-    def on_result(result: TaskResult) -> None:
+    def on_result(done: executors.Completed) -> None:
         nonlocal computed
-        results.write_task(result.task_id, result.runs, result.instances)
-        computed += result.runs.num_rows
-        bar.update(result.runs.num_rows)
+        if done.result is not None:  # handed back: the driver writes it
+            results.write_task(done.task_id, done.result.runs, done.result.instances)
+        computed += done.runs
+        bar.update(done.runs)
 
     start = time.perf_counter()
     try:
-        run = executors.run_serial if executor == "serial" else executors.run_ray
-        report = run(tasks, on_result)
+        if executor == "serial":
+            report = executors.run_serial(tasks, on_result, out=results.uri)
+        else:
+            report = executors.run_ray(tasks, on_result, out=results.uri)
     except KeyboardInterrupt:
         entry.update(finished=store.now(), computed=computed, interrupted=True)
         store.record_invocation(results, manifest, entry)
         raise
     finally:
         bar.close()
-    entry.update(finished=store.now(), computed=computed, failed=report.failed)
+    entry.update(finished=store.now(), computed=computed, failed=report.failed,
+                 written_by_driver=report.written_by_driver)
     store.record_invocation(results, manifest, entry)
     return computed, report, time.perf_counter() - start
 
@@ -129,7 +188,7 @@ def status_text(out: str) -> tuple[str, bool]:
     if manifest is None:
         raise store.StoreError(f"{out}: no manifest.json: not a wnsweep results folder")
     inventory = results.inventory()
-    plan = _stored_plan(results, manifest)
+    stored_spec = _stored_spec(results, manifest)
     lines = [f"sweep {manifest.get('sweep')} in {out} (spec hash "
              f"{str(manifest.get('spec_hash'))[:12]})"]
     for shard in inventory.shards:
@@ -147,9 +206,9 @@ def status_text(out: str) -> tuple[str, bool]:
     if inventory.duplicates:
         lines.append(f"{inventory.duplicates} run_ids are stored in more than one shard "
                      "(two runs into one folder at once?); analysis.load keeps one copy")
-    if plan is not None:
-        missing = len(plan.run_ids - inventory.run_ids)
-        lines.append(f"done {done} / {len(plan.runs)} runs, missing {missing}, "
+    if stored_spec is not None:
+        planned, missing = _planned_and_missing(stored_spec, inventory)
+        lines.append(f"done {done} / {planned} runs, missing {missing}, "
                      f"corrupt shards {len(corrupt)}")
         healthy = missing == 0 and not corrupt and not inventory.duplicates
     else:
@@ -161,13 +220,26 @@ def status_text(out: str) -> tuple[str, bool]:
     return "\n".join(lines), healthy
 
 
-def _stored_plan(results: store.ResultsStore, manifest: dict) -> Plan | None:
-    """The plan of the spec stored in the folder (None if it cannot be re-read here)."""
+def _stored_spec(results: store.ResultsStore, manifest: dict) -> SweepSpec | None:
+    """The spec stored in the folder (None if it cannot be re-read here)."""
     try:
         with results.fs.open_input_stream(results.path("sweep.yaml")) as f:
             text = f.read().decode()
         source = manifest.get("source") or results.path("sweep.yaml")
         base = posixpath.dirname(source) if source else None
-        return make_plan(parse_spec(text, source=source, base_dir=base))
+        return parse_spec(text, source=source, base_dir=base)
     except Exception:  # the instance file moved, a newer spec format, ...: status still works
         return None
+
+
+def _planned_and_missing(spec: SweepSpec, inventory: store.Inventory) -> tuple[int, int]:
+    """The sweep's run count and how many of its runs are not stored. When every done shard was
+    written for this very spec (its spec hash), each stored run_id is one of its runs, and both
+    numbers are counts; otherwise (the sweep was extended or changed) the sweep is planned to
+    compare run_ids."""
+    planned = count_runs(spec)
+    if all(s.spec_hashes == {spec.spec_hash} for s in inventory.done):
+        return planned, planned - len(inventory.run_ids)
+    plan: Plan = make_plan(spec)
+    return planned, len(plan.run_ids) - int(inventory.run_ids.contains(
+        list(plan.run_ids)).sum())

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from urllib.parse import urlencode
 
 import pyarrow.fs as pafs
 import pytest
 
 import analysis
+from analysis import ShardError
 from pipeline import cli, sweep
+from tests.test_scale import damage_a_curve_page
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
@@ -171,7 +176,9 @@ def test_writes_nothing_outside_its_prefix(s3, make_sweep):
 
 
 def test_ray_executor_writes_to_s3(ray_local, s3, make_sweep):
-    """The cluster path: Ray tasks compute, the driver uploads each shard."""
+    """The cluster path: Ray tasks compute and upload their shards, or (when this session's Ray
+    workers started without the test's credentials) hand them to the driver, which uploads
+    them: the folder is the same either way."""
     client, uri = s3
     path = make_sweep(trials=1)
     out = uri("ray")
@@ -181,3 +188,35 @@ def test_ray_executor_writes_to_s3(ray_local, s3, make_sweep):
     df = analysis.load(out)
     assert len(df) == 80 and not df.node.str.startswith("serial@").any()
     assert not any(".tmp-" in k for k in _keys(client, "ray"))
+
+
+def test_workers_write_to_s3_and_status_reads_only_metadata(s3, make_sweep, capsys):
+    """The driver runs as `wnsweep run` in its own process (its local Ray workers inherit its
+    credentials, as cluster workers get theirs from an instance profile)."""
+    client, uri = s3
+    path = make_sweep(trials=1)
+    out = uri("workers")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", str(path), "--out", out, "--num-cpus", "2",
+         "--task-seconds", "0.01", "--no-progress"],
+        capture_output=True, text=True, timeout=600, env={**os.environ})
+    assert proc.returncode == 0, proc.stderr
+    assert "could not write" not in proc.stderr
+    manifest = json.loads(client.get_object(
+        Bucket=BUCKET, Key="workers/manifest.json")["Body"].read())
+    (entry,) = manifest["invocations"]
+    assert entry["computed"] == 80 and entry["tasks"] == 2 and entry["written_by_driver"] == 0
+    keys = _keys(client, "workers")
+    runs = sorted(k for k in keys if k.startswith("runs/part-"))
+    assert len(runs) == 2 and not any(".tmp-" in k for k in keys)
+
+    victim = runs[0]
+    body = client.get_object(Bucket=BUCKET, Key=f"workers/{victim}")["Body"].read()
+    client.put_object(Bucket=BUCKET, Key=f"workers/{victim}", Body=damage_a_curve_page(body))
+    capsys.readouterr()
+    assert cli.main(["status", out]) == 0  # footers and run_ids only: the damage is not read
+    assert "done 80 / 80 runs, missing 0, corrupt shards 0" in capsys.readouterr().out
+    with pytest.raises(ShardError) as raised:
+        analysis.load(out)
+    assert raised.value.path == f"{BUCKET}/workers/{victim}"
+    assert "corrupt: damaged data" in raised.value.reason

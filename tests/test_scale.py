@@ -1,0 +1,197 @@
+"""Scale (benchmarks/scale.py measures the speed): the run-count ceiling, the compact set of
+stored run_ids, status and resume from shard metadata, and shards written by the workers, on a
+local disk (on S3: tests/test_s3.py), with real Ray, real Parquet and real processes killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import analysis
+from analysis import ShardError
+from pipeline import cli, executors, plan, spec, store, sweep
+from pipeline.folder import RunIds
+from tests.conftest import REPO, SLOW_SWEEP
+
+SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml")) + sorted(
+    (REPO / "tests" / "data" / "sweeps").glob("*.yaml"))
+
+
+# -- the ceiling ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.stem for p in SWEEP_FILES])
+def test_the_run_count_is_what_the_planner_expands(path):
+    loaded = spec.load_spec(path)
+    assert plan.count_runs(loaded) == len(plan.make_plan(loaded).runs)
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_a_sweep_over_the_ceiling_is_refused_before_anything(make_sweep, tmp_path, capsys,
+                                                              command):
+    """A typo's extra zeros: 100 million trials x 80 runs each. It must answer at once (it would
+    otherwise allocate billions of runs), exit 2, name the axes and write nothing."""
+    path = make_sweep(trials=100_000_000)
+    out = tmp_path / "out"
+    args = [command, str(path), "--out", str(out)]
+    assert cli.main(args + (["--executor", "serial"] if command == "run" else [])) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: trials: 8,000,000,000 runs, more than the maximum of 100,000,000" in err
+    # the axes and their product
+    assert ("8,000,000,000 = 200,000,000 instances (problem.sparsity 2 x trials 100,000,000) "
+            "x 40 runs per instance (model.depth 2 x init.scheme 2 x init.alpha 2 x methods "
+            "[gd 1 + wn 4 (methods.wn.eta_ratio 2 x methods.wn.schedule 2)])") in err, err
+    assert not out.exists()
+
+
+def test_the_ceiling_is_an_option(make_sweep, tmp_path, capsys):
+    path = make_sweep(trials=1)  # 80 runs
+    out = tmp_path / "out"
+    assert cli.main(["run", str(path), "--out", str(out), "--executor", "serial",
+                     "--max-runs", "79"]) == 2
+    assert "80 runs, more than the maximum of 79 (--max-runs)" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli.main(["plan", str(path), "--max-runs", "80"]) == 0
+    assert cli.main(["plan", str(path), "--max-runs", "0"]) == 2
+
+
+# -- the compact run_id set -----------------------------------------------------------------------
+
+def test_run_ids_behave_as_a_set_of_strings():
+    rng = np.random.default_rng(0)
+    ids = [f"r-{rng.integers(16 ** 10):020x}" for _ in range(500)]
+    a, b = set(ids[:300]), set(ids[200:] + ["hand-written", ""])
+    ra, rb = RunIds(a), RunIds(b)
+    assert len(ra) == 300 and ra == a and a == ra and set(ra) == a
+    assert ra & rb == a & b and ra | rb == a | b and ra - rb == a - b and rb - ra == b - a
+    assert ra & b == a & b and frozenset(b) - ra == b - a  # with Python sets, both sides
+    assert ids[0] in ra and "hand-written" in rb and "" in rb and "r-0" not in ra
+    assert list(rb.contains(["hand-written", ids[0], ids[499]])) == [True, False, True]
+    assert RunIds() == set() and len(RunIds() & ra) == 0
+    # 22 bytes a run_id
+    assert RunIds(ids).array.nbytes == 22 * len(set(ids))
+
+
+# -- metadata-only status and resume, shards written by the workers ------------------------------
+
+def damage_a_curve_page(data: bytes) -> bytes:
+    """The bytes of a runs shard whose curve_loss column chunk is overwritten: the footer, the
+    schema, the row count and the run_id column stay intact."""
+    import io
+
+    meta = pq.ParquetFile(io.BytesIO(data)).metadata
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    chunk = meta.row_group(0).column(names.index("curve_loss.list.element"))
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    size = chunk.total_compressed_size
+    return data[:start] + b"\xa5" * size + data[start + size:]
+
+
+def test_status_reads_metadata_so_a_damaged_curve_page_is_for_load_to_name(make_sweep, tmp_path,
+                                                                           capsys):
+    """The trade-off of pipeline/folder.py: status and resume count a shard with a damaged curve
+    page as done; analysis.load, which decodes what it reads, names it."""
+    path = make_sweep(trials=1)
+    out = tmp_path / "out"
+    sweep.run_sweep(str(path), out=str(out), executor="serial", progress=False,
+                    task_seconds=0.01)
+    victim = sorted((out / "runs").glob("part-*.parquet"))[0]
+    victim.write_bytes(damage_a_curve_page(victim.read_bytes()))
+    assert cli.main(["status", str(out)]) == 0
+    assert "done 80 / 80 runs, missing 0, corrupt shards 0" in capsys.readouterr().out
+    with pytest.raises(ShardError) as raised:
+        analysis.load(out)
+    assert raised.value.path == str(victim) and "corrupt: damaged data" in str(raised.value)
+    with pytest.warns(UserWarning, match=f"skipping bad shard {victim}"):
+        assert len(analysis.load(out, on_corrupt="skip")) == 40
+    # moving it aside is what makes the next run recompute it
+    victim.unlink()
+    again = sweep.run_sweep(str(path), out=str(out), executor="serial", progress=False,
+                            task_seconds=0.01)
+    assert again.computed == 40 and len(analysis.load(out)) == 80
+
+
+def test_ray_tasks_write_their_shards_and_a_repeated_task_rewrites_the_same_names(
+        ray_local, make_sweep, tmp_path):
+    path = make_sweep(trials=1)
+    results = store.ResultsStore(str(tmp_path / "out"))
+    loaded = spec.load_spec(path)
+    results.prepare(loaded)
+    tasks = plan.make_plan(loaded).tasks(task_seconds=0.01)
+    completions: list[executors.Completed] = []
+    # each task twice, as Ray's retry of a task whose worker died after writing would run it
+    report = executors.run_ray(tasks + tasks, completions.append, out=results.uri)
+    assert report.completed == 2 * len(tasks) and not report.failed
+    assert report.written_by_driver == 0 and not report.write_problem
+    assert all(c.result is None for c in completions)  # the driver got (task_id, runs) only
+    assert sorted(c.runs for c in completions) == sorted(2 * [len(t.runs) for t in tasks])
+    inventory = results.inventory()
+    assert len(inventory.done) == len(tasks) and inventory.duplicates == 0
+    assert inventory.run_ids == plan.make_plan(loaded).run_ids
+    assert not list((tmp_path / "out").rglob(".tmp-*"))
+
+
+def test_a_task_on_a_node_that_does_not_see_the_folder_hands_its_tables_back(make_sweep,
+                                                                              tmp_path):
+    """A local path seen by the driver only: the witness (manifest.json's inode, time, size)
+    differs on another node, and there the task returns its tables for the driver to write."""
+    path = make_sweep(trials=1)
+    results = store.ResultsStore(str(tmp_path / "out"))
+    loaded = spec.load_spec(path)
+    results.prepare(loaded)
+    (task,) = plan.make_plan(loaded).tasks()[:1]
+    here = executors.Output.of(results.uri)
+    assert here.local and here.visible()
+    elsewhere = executors.Output(results.uri, local=True, witness=(0, 0, 0))
+    done = executors._finish(executors.run_task(task), elsewhere)
+    assert done.result is not None and done.runs == len(task.runs) and not done.problem
+    assert not list((tmp_path / "out").glob("runs/*"))
+    done = executors._finish(executors.run_task(task), here)
+    assert done.result is None and len(list((tmp_path / "out").glob("runs/part-*"))) == 1
+
+
+def _wait_for_shards(folder: Path, count: int, proc: subprocess.Popen, timeout: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while len(list((folder / "runs").glob("part-*.parquet"))) < count:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no shard was written in time"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_of_a_folder_written_by_workers_is_exact(ray_local, make_sweep,
+                                                                      tmp_path):
+    path = make_sweep(text=SLOW_SWEEP)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(path), "--out", str(out), "--num-cpus", "2",
+         "--task-seconds", "0.01", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _wait_for_shards(out, 2, proc, timeout=240)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray instance and its workers
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-g", str(proc.pid)], check=False)
+    stored = store.ResultsStore(str(out)).inventory()
+    planned = plan.make_plan(spec.load_spec(path)).run_ids
+    assert not stored.corrupt and 0 < len(stored.run_ids) < len(planned)
+    resumed = sweep.run_sweep(str(path), out=str(out), executor="ray", progress=False,
+                              task_seconds=0.01)
+    assert resumed.already == len(stored.run_ids)
+    assert resumed.computed == len(planned) - len(stored.run_ids)
+    assert resumed.written_by_driver == 0  # the workers wrote every shard of the resume
+    runs = analysis.load(out)
+    assert len(runs) == len(planned) and runs.run_id.is_unique and set(runs.run_id) == planned
+    manifest = store.ResultsStore(str(out)).read_manifest()
+    assert manifest["invocations"][-1]["written_by_driver"] == 0
