@@ -108,7 +108,7 @@ class RunIds(AbstractSet):
             return
         if not isinstance(ids, np.ndarray):
             ids = _bytes_array([i.encode() for i in ids])
-        self.array = np.unique(ids) if len(ids) else np.empty(0, dtype="S1")
+        self.array = _sorted_unique(ids) if len(ids) else np.empty(0, dtype="S1")
 
     @classmethod
     def from_arrow(cls, column: pa.Array | pa.ChunkedArray) -> "RunIds":
@@ -187,6 +187,15 @@ class RunIds(AbstractSet):
 
     def __repr__(self) -> str:
         return f"RunIds({len(self)} run_ids)"
+
+
+def _sorted_unique(ids: np.ndarray) -> np.ndarray:
+    """Sorted and without repeats. A stable sort (timsort for bytes) merges the already sorted
+    runs of concatenated shards in near-linear time; faster here than ``np.unique``'s hashing."""
+    ids = np.sort(ids, kind="stable")
+    if len(ids) > 1:
+        ids = ids[np.concatenate(([True], ids[1:] != ids[:-1]))]
+    return ids
 
 
 def _bytes_array(items: list[bytes]) -> np.ndarray:
