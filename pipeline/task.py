@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
-from pipeline import dynamics, initialization, metrics, models, problems, reference, schema
+from pipeline import (dynamics, initialization, metrics, models, problems, reference, schema,
+                      theory)
 from pipeline.parameters import INSTANCE_PARAMS, RUN_PARAMS
 from pipeline.plan import InstanceKey, Run, Task
 
@@ -62,12 +63,17 @@ def _run_task(task: Task, problem_bytes: bytes | None, node: str) -> TaskResult:
                                      solver=task.bp_solver)
         instance_rows.append(_instance_row(inst, problem, bp))
         runs = runs_by_instance[inst.instance_id]
+        predict = Predictions(problem, inst.signed)
         for start in range(0, len(runs), MAX_BATCH):
             batch = runs[start:start + MAX_BATCH]
+            w0 = _initial_weights(inst, problem, batch)
             results = dynamics.run_batch(problem.A, problem.b, [_config(inst, r) for r in batch],
-                                         _initial_weights(inst, problem, batch))
-            for run, result in zip(batch, results):
-                run_rows.append(_run_row(task, inst, problem, bp, run, result, node))
+                                         w0)
+            for run, w, result in zip(batch, w0, results):
+                row = _run_row(task, inst, problem, bp, run, result, node)
+                row.update(_prediction_columns(predict(run, w, result), result, bp,
+                                               task.save_solutions))
+                run_rows.append(row)
     meta = {schema.META_SPEC_HASH: task.spec_hash.encode(), schema.META_TASK: task.task_id.encode()}
     return TaskResult(
         task_id=task.task_id,
@@ -130,6 +136,39 @@ def _instance_columns(inst: InstanceKey, problem: problems.Instance) -> dict:
     instance file, s counts the nonzeros of its x_star)."""
     return {**{p.name: inst.params[p.name] for p in INSTANCE_PARAMS if p.column},
             "M": problem.M, "N": problem.N, "s": problem.s}
+
+
+class Predictions:
+    """Predicted gradient-flow limits of the runs of one instance (docs/MODEL.md, "Predicted
+    gradient-flow limits"). A GD run's limit depends on its initial weights alone: one solve per
+    distinct (L, init, alpha), shared by runs that differ only in eta. A WN-GD run's is the plain
+    flow's from w0 e^{-C_inf}: one solve per run, from its own r_0, r_T and eta~."""
+
+    def __init__(self, problem: problems.Instance, signed: bool):
+        self.problem, self.signed = problem, signed
+        self._shared: dict[tuple, theory.Prediction] = {}
+
+    def __call__(self, run: Run, w0: np.ndarray, result: dynamics.RunResult) -> theory.Prediction:
+        A, b = self.problem.A, self.problem.b
+        if run.method == "wn":
+            log_scale = theory.wn_log_scale(result.r0, result.r_final, run.eta_ratio)
+            return theory.predicted_limit(A, b, w0, run.L, self.signed, log_scale=log_scale)
+        key = (run.L, run.init, run.alpha)
+        if key not in self._shared:
+            self._shared[key] = theory.predicted_limit(A, b, w0, run.L, self.signed)
+        return self._shared[key]
+
+
+def _prediction_columns(pred: theory.Prediction, result: dynamics.RunResult,
+                        bp: reference.BasisPursuit, save_solutions: bool) -> dict:
+    """The theory overlay's columns of one run (nulls but the status when the solve failed)."""
+    row = {"pred_status": pred.status, "pred_error": None, "pred_l1_gap": None,
+           "pred_rel_error_l1": None, "x_pred": None}
+    if pred.status in theory.USABLE:
+        row.update(theory.prediction_metrics(result.x_final, pred.x, bp.x))
+        row["pred_rel_error_l1"] = metrics.solution_metrics(pred.x, bp.x, None)["rel_error_l1"]
+        row["x_pred"] = pred.x.tolist() if save_solutions else None
+    return row
 
 
 def _table(rows: list[dict], table_schema: pa.Schema, meta: dict[bytes, bytes]) -> pa.Table:

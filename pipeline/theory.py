@@ -133,6 +133,8 @@ import numpy as np
 from pipeline import metrics
 
 STATUSES = ("ok", "inaccurate", "infeasible", "failed")
+#: The statuses whose x is a usable prediction.
+USABLE = ("ok", "inaccurate")
 #: A solve that stops early with a relative residual at most this is "inaccurate", not "failed".
 INACCURATE_RTOL = 1e-6
 #: L = 2: largest change of any z_i per Newton step (x_i changes by at most e^Z_STEP_CAP).
