@@ -23,9 +23,10 @@ many problem instances at once:
   gemm with an even number of rows (``ROW_ALIGN``): with OpenBLAS the last row of an odd-row gemm
   goes through another kernel and rounds differently. So a run's numbers are the same, to the
   last bit on the BLAS we test, whatever else shares its stack (tests/test_engine.py checks it).
-- Memory. ``STACK_BYTES`` bounds a stack (A plus the row arrays, ``stack_bytes``); ``run_stack``
-  cuts larger inputs into several stacks, and the task runner uses ``split_stacks`` to generate
-  only one stack's instances at a time.
+- Size. Every step streams the whole stack (A and the row arrays), so a stack is kept about
+  cache-sized (``STACK_BYTES``, ``stack_bytes``): ``run_stack`` cuts a larger group into several
+  stacks run one after the other. The task runner bounds the memory of one call instead
+  (``CALL_BYTES``, with ``split_stacks``), generating one call's instances at a time.
 """
 
 from __future__ import annotations
@@ -55,8 +56,13 @@ FLUSH_POWER = 1e-200
 ROW_ALIGN = 2
 #: Re-pack a stack when dropping its idle rows shrinks the (K, B) grid to at most this fraction.
 REPACK_FRACTION = 0.5
-#: Memory bound of one stack in bytes (``stack_bytes``): 256 MiB.
-STACK_BYTES = 256 * 2**20
+#: Size of one stack in bytes (``stack_bytes``). Measured on one core (AMD EPYC, 512 KiB L2,
+#: 32 MiB shared L3) the products' cost per run grows up to 2x once the stacked A outgrows a few
+#: MiB; a stack of this size still has hundreds of rows at (M, N) = (40, 100), enough to make the
+#: fixed cost of a step (~40 numpy calls, 50-100 us) small per run.
+STACK_BYTES = 8 * 2**20
+#: Memory bound of the instances of one engine call in the task runner (``split_stacks``).
+CALL_BYTES = 256 * 2**20
 #: Arrays of n (or N) float64 entries per row of a stack: state v, w^(L-1), step p, x~ and A^T r.
 _ROW_ARRAYS = 5
 
@@ -191,9 +197,9 @@ def padded_rows(n_runs: int) -> int:
 
 def split_stacks(runs_per_instance: Sequence[int], M: int, N: int, signed: bool,
                  budget: int = STACK_BYTES) -> list[slice]:
-    """Cut consecutive instances (of one shape and sign) into stacks of at most ``budget`` bytes
-    (``stack_bytes``, every block padded to the largest one); a single instance over the budget
-    is a stack of its own. Returns slices into ``runs_per_instance``."""
+    """Cut consecutive instances (of one shape and sign) into groups of at most ``budget`` bytes
+    (``stack_bytes``, every instance's rows padded to the most any of them has); a single
+    instance over the budget is a group of its own. Returns slices into ``runs_per_instance``."""
     out: list[slice] = []
     start, widest = 0, 0
     for i, n_runs in enumerate(runs_per_instance):
@@ -226,8 +232,9 @@ def run_stack(
 
     problems[k] = (A_k, b_k) with A_k: (M_k, N_k), b_k: (M_k,). Run i uses instance
     ``instance_of_run[i]``, ``configs[i]`` and w0[i]: (n_i,) with n_i = N (nonneg) or 2N (signed).
-    Instances of one shape whose runs share a sign are stacked (at most ``budget`` bytes per
-    stack, see ``split_stacks``); an instance may have runs of both signs.
+    Instances of one shape whose runs share a sign are stacked, at most ``budget`` bytes per
+    stack (``split_stacks``; a run's numbers do not depend on how its instances are stacked); an
+    instance may have runs of both signs.
     """
     if not len(configs) == len(w0) == len(instance_of_run):
         raise ValueError(f"{len(configs)} configs, {len(w0)} initial weights and "

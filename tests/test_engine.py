@@ -243,3 +243,50 @@ def test_run_stack_checks_its_input():
     signed = RunConfig("wn", True, 2, eta=0.01, max_iters=5)
     with pytest.raises(ValueError, match="positive norm"):
         dynamics.run_stack([(inst.A, inst.b)], [0], [signed], [np.zeros(n)])
+
+
+SWEEP = """\
+name: grouping
+seed: 3
+trials: {trials}
+problem: {{M: 12, N: 30, sparsity: [2, 3], sign: [nonneg, signed]}}
+model: {{depth: [2, 3]}}
+init: {{scheme: [constant, random], alpha: [0.05, 0.3]}}
+methods:
+  gd: {{eta: 0.02}}
+  wn: {{eta: 0.02, eta_ratio: [0.1, 1.0], schedule: [constant, normalized]}}
+train: {{max_iters: 400, tol: 1.0e-8, checkpoints: 16}}
+output: {{save_solutions: true}}
+"""
+
+
+def _runs_by_id(tasks) -> dict:
+    from pipeline import task as task_module
+
+    out = {}
+    for t in tasks:
+        for row in task_module.run_task(t).runs.to_pylist():
+            out[row["run_id"]] = row
+    return out
+
+
+def test_task_grouping_and_trial_count_do_not_change_results():
+    """The same run_id in a sweep of 2 trials and of 12 (more instances per engine call), and
+    with one task per instance or one task for all: the same x_final to 1e-12 (the sweep has
+    chaotic WN runs, so this is agreement to the last bit)."""
+    from pipeline import plan, spec
+
+    two = plan.make_plan(spec.parse_spec(SWEEP.format(trials=2)))
+    many = plan.make_plan(spec.parse_spec(SWEEP.format(trials=12)))
+    one_each = two.tasks(task_seconds=1e-6)
+    assert len(one_each) == len(two.instances) == 8
+    together = many.tasks(task_seconds=1e9)
+    assert len(together) == 1
+    a, b = _runs_by_id(one_each), _runs_by_id(together)
+    assert set(a) <= set(b) and len(b) == 6 * len(a)
+    for run_id, row in a.items():
+        other = b[run_id]
+        for key in ("status", "iterations", "curve_iter"):
+            assert row[key] == other[key], key
+        assert_close(other["x_final"], row["x_final"], rtol=1e-12)
+        assert_close(other["curve_loss"], row["curve_loss"], rtol=1e-12)
