@@ -290,3 +290,24 @@ def test_task_grouping_and_trial_count_do_not_change_results():
             assert row[key] == other[key], key
         assert_close(other["x_final"], row["x_final"], rtol=1e-12)
         assert_close(other["curve_loss"], row["curve_loss"], rtol=1e-12)
+
+
+def test_runs_that_stop_at_once_or_after_one_step():
+    """tol above the initial loss: converged at iteration 0 with a one-point curve; max_iters = 1:
+    one step; in one stack with a run that goes on, and in a stack where every run stops at 0."""
+    inst = problems.generate_instance(20, 50, 3, signed=False, seed=9)
+    w = np.full(50, 0.2)
+    loss0 = float(models.loss(inst.A, inst.b, models.product(w, 2, False)))
+    configs = [RunConfig("wn", False, 2, eta=0.02, tol=2 * loss0, checkpoints=8),
+               RunConfig("gd", False, 3, eta=0.01, max_iters=1, tol=0.0),
+               RunConfig("wn", False, 2, eta=0.02, eta_ratio=0.1, max_iters=300, tol=0.0)]
+    at_once, one_step, longer = dynamics.run_batch(inst.A, inst.b, configs, [w] * 3)
+    assert (at_once.status, at_once.iterations) == ("converged", 0)
+    assert at_once.curve_iter.tolist() == [0] and at_once.curve_loss[0] == at_once.loss_final
+    assert_close(at_once.x_final, w**2, rtol=1e-15)
+    assert (one_step.status, one_step.iterations, one_step.curve_iter.tolist()) == (
+        "max_iters", 1, [0, 1])
+    _check_against_plain(inst.A, inst.b, configs[1], w, one_step)
+    _check_against_plain(inst.A, inst.b, configs[2], w, longer)
+    only = dynamics.run_stack([(inst.A, inst.b)] * 2, [0, 1], [configs[0]] * 2, [w, w])
+    assert [(r.status, r.iterations) for r in only] == [("converged", 0)] * 2
