@@ -147,6 +147,9 @@ def whole_process(args: argparse.Namespace) -> None:
 def executors_benchmark(args: argparse.Namespace) -> None:
     """Serial vs Ray on the same 10,000-run sweep (see the module docstring)."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Ray's workers import this checkout's pipeline too, not an installed copy
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
+                                                             os.environ.get("PYTHONPATH")]))
     trials = max(1, round(args.runs / RUNS_PER_TRIAL))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.yaml"
