@@ -19,10 +19,6 @@ from pipeline import (dynamics, initialization, metrics, models, problems, refer
 from pipeline.parameters import INSTANCE_PARAMS, RUN_PARAMS
 from pipeline.plan import InstanceKey, Run, Task
 
-#: The most runs one engine call holds; larger instances are cut into batches of this size.
-MAX_BATCH = 1024
-
-
 @dataclass
 class TaskResult:
     """The two shards of one task, as Arrow tables with the shard schemas."""
@@ -52,34 +48,60 @@ def run_task(task: Task, problem_bytes: bytes | None = None, node: str | None = 
 
 
 def _run_task(task: Task, problem_bytes: bytes | None, node: str) -> TaskResult:
+    """The task's instances go to the engine in calls of one shape and sign (``_engine_calls``);
+    the rows come out in the order of ``task.instances``, each instance's runs in task order."""
     runs_by_instance: dict[str, list[Run]] = {}
     for run in task.runs:
         runs_by_instance.setdefault(run.instance_id, []).append(run)
-    run_rows: list[dict] = []
-    instance_rows: list[dict] = []
-    for inst in task.instances:
-        problem = load_problem(inst, problem_bytes)
-        bp = reference.basis_pursuit(problem.A, problem.b, nonneg=not inst.signed,
-                                     solver=task.bp_solver)
-        instance_rows.append(_instance_row(inst, problem, bp))
-        runs = runs_by_instance[inst.instance_id]
-        predict = Predictions(problem, inst.signed)
-        for start in range(0, len(runs), MAX_BATCH):
-            batch = runs[start:start + MAX_BATCH]
-            w0 = _initial_weights(inst, problem, batch)
-            results = dynamics.run_batch(problem.A, problem.b, [_config(inst, r) for r in batch],
-                                         w0)
-            for run, w, result in zip(batch, w0, results):
+    run_rows: dict[str, list[dict]] = {}
+    instance_rows: dict[str, dict] = {}
+    for call in _engine_calls(task.instances, runs_by_instance):
+        loaded = [load_problem(inst, problem_bytes) for inst in call]
+        bps = [reference.basis_pursuit(problem.A, problem.b, nonneg=not inst.signed,
+                                       solver=task.bp_solver)
+               for inst, problem in zip(call, loaded)]
+        instance_of_run, configs, w0 = [], [], []
+        for k, (inst, problem) in enumerate(zip(call, loaded)):
+            runs = runs_by_instance[inst.instance_id]
+            instance_of_run += [k] * len(runs)
+            configs += [_config(inst, r) for r in runs]
+            w0 += _initial_weights(inst, problem, runs)
+        results = iter(zip(w0, dynamics.run_stack([(p.A, p.b) for p in loaded],
+                                                  instance_of_run, configs, w0)))
+        for inst, problem, bp in zip(call, loaded, bps):
+            instance_rows[inst.instance_id] = _instance_row(inst, problem, bp)
+            predict = Predictions(problem, inst.signed)
+            rows = run_rows[inst.instance_id] = []
+            for run in runs_by_instance[inst.instance_id]:
+                w, result = next(results)
                 row = _run_row(task, inst, problem, bp, run, result, node)
                 row.update(_prediction_columns(predict(run, w, result), result, bp,
                                                task.save_solutions))
-                run_rows.append(row)
+                rows.append(row)
     meta = {schema.META_SPEC_HASH: task.spec_hash.encode(), schema.META_TASK: task.task_id.encode()}
     return TaskResult(
         task_id=task.task_id,
-        runs=_table(run_rows, schema.RUNS_SCHEMA, meta),
-        instances=_table(instance_rows, schema.INSTANCES_SCHEMA, meta),
+        runs=_table([row for inst in task.instances for row in run_rows[inst.instance_id]],
+                    schema.RUNS_SCHEMA, meta),
+        instances=_table([instance_rows[inst.instance_id] for inst in task.instances],
+                         schema.INSTANCES_SCHEMA, meta),
     )
+
+
+def _engine_calls(instances: tuple[InstanceKey, ...],
+                  runs_by_instance: dict[str, list[Run]]) -> list[list[InstanceKey]]:
+    """The instances of one engine call each: same (M, N, sign), at most dynamics.CALL_BYTES of
+    stacked arrays (large-N instances go fewer per call), in task order within a call. Only one
+    call's instances are generated at a time."""
+    groups: dict[tuple[int, int, str], list[InstanceKey]] = {}
+    for inst in instances:
+        groups.setdefault((inst.M, inst.N, inst.sign), []).append(inst)
+    calls = []
+    for (M, N, sign), members in groups.items():
+        counts = [len(runs_by_instance[inst.instance_id]) for inst in members]
+        for part in dynamics.split_stacks(counts, M, N, sign == "signed", dynamics.CALL_BYTES):
+            calls.append(members[part])
+    return calls
 
 
 def _config(inst: InstanceKey, run: Run) -> dynamics.RunConfig:
