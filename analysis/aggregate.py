@@ -28,6 +28,10 @@ CELL_KEYS = parameters.CELL_KEYS
 PAIR_KEYS = parameters.PAIR_KEYS
 
 
+#: Columns of the theory overlay summarized per cell (median and quartiles) when present.
+PREDICTION_COLUMNS = ("pred_error", "pred_rel_error_l1", "pred_l1_gap")
+
+
 def cell_keys(df: pd.DataFrame) -> list[str]:
     """The ``CELL_KEYS`` present in ``df`` (in canonical order)."""
     return [k for k in CELL_KEYS if k in df.columns]
@@ -71,6 +75,13 @@ def cell_stats(runs: pd.DataFrame, threshold: float = 1e-3) -> pd.DataFrame:
         out[f"{col}_mean"] = g[col].mean()
         out[f"{col}_q25"] = g[col].quantile(0.25)
         out[f"{col}_q75"] = g[col].quantile(0.75)
+    for col in PREDICTION_COLUMNS:
+        if col in runs.columns:  # the theory overlay (null for results written before it)
+            values = _finite(runs[col])
+            grouped = values.groupby([runs[k] for k in keys], dropna=False, sort=True)
+            out[f"{col}_median"] = grouped.median()
+            out[f"{col}_q25"] = grouped.quantile(0.25)
+            out[f"{col}_q75"] = grouped.quantile(0.75)
     out["recovery_rate"] = g["recovered"].mean()
     out["iterations_median"] = g["iters_conv"].median()
     out["convergence_rate"] = g["converged"].mean()

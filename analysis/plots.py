@@ -37,6 +37,9 @@ LABELS = {
     "iteration": "iteration k + 1",
     "alpha_eff": r"effective scale $\alpha_{\mathrm{eff}} = \alpha\, e^{-C_\infty}$",
     "log_ratio": r"$\log_{10}$ median(err GD / err WN-GD)" "\n" r"($>0$: WN-GD closer to min-$\ell_1$)",
+    "eta": r"step size $\eta$",
+    "log_pred_error": r"$\log_{10}$ median $\|\tilde x_T - x_{\mathrm{flow}}\|_2 / \|x_{\mathrm{flow}}\|_2$"
+    "\n(distance to the gradient-flow limit)",
 }
 METHOD_NAMES = {"gd": "GD", "wn": "WN-GD"}
 GD_COLOR = "0.15"
@@ -450,3 +453,98 @@ def plot_alpha_eff(runs: pd.DataFrame) -> Figure:
 
 
 plot_alpha_eff.USES = ("alpha", "eta_ratio", "L")
+
+
+# ----------------------------------------------------------------------------- theory overlay
+def plot_error_vs_alpha_theory(runs: pd.DataFrame) -> Figure:
+    """Distance to the minimum-l1 solution against alpha: measured (points: median over trials,
+    bars: interquartile range) and predicted by gradient flow (lines: the median of the
+    predictions' distance). GD's prediction is the flow from its own initialization (alpha), WN-GD's
+    the flow from w0 e^{-C_inf} (alpha_eff). Points off their line show where discrete steps or an
+    unfinished budget leave the flow picture. Facets as ``plot_error_vs_alpha``."""
+    _require_single_slice(runs, plot_error_vs_alpha_theory.USES, "plot_error_vs_alpha_theory")
+    stats = cell_stats(runs)
+    if "pred_rel_error_l1_median" not in stats:
+        raise ValueError("the runs carry no predicted limits (pred_* columns)")
+    Ls = _uniq(stats["L"])
+    etas = _uniq(stats.loc[stats["method"] == "wn", "eta_ratio"]) or [None]
+    fig, axes = _figure(len(etas), len(Ls))
+    colors = _eta_colors(etas)
+    for (i, eta), (j, L) in itertools.product(enumerate(etas), enumerate(Ls)):
+        ax = axes[i, j]
+        sel = stats[stats["L"] == L]
+        lines = [(sel[sel["method"] == "gd"], GD_COLOR, "GD", r"flow from $\alpha$")]
+        if eta is not None:
+            wn = sel[(sel["method"] == "wn") & (sel["eta_ratio"] == eta)]
+            lines.append((wn, colors[eta], rf"WN-GD, $\tilde\eta$ = {eta:g}",
+                          r"flow from $\alpha_{\mathrm{eff}}$"))
+        for d, color, name, flow in lines:
+            d = d.sort_values("alpha")
+            if d.empty:
+                continue
+            med = d["rel_error_l1_median"]
+            ax.errorbar(d["alpha"], med, yerr=[med - d["rel_error_l1_q25"],
+                                               d["rel_error_l1_q75"] - med],
+                        fmt="o", ms=3.5, color=color, elinewidth=0.8, label=f"{name}: measured")
+            ax.plot(d["alpha"], d["pred_rel_error_l1_median"], "-", color=color, lw=1.2,
+                    label=f"{name}: {flow}")
+        _set_grid_scale(ax, "x", runs["alpha"])
+        ax.set_yscale("log", nonpositive="clip")
+        ax.set_title(_title({"L": L} | ({"eta_ratio": eta} if eta is not None else {})))
+        ax.legend(loc="best", fontsize=6)
+    _label_outer(axes, LABELS["alpha"], LABELS["rel_error_l1"] + "\npoints: runs, lines: flow")
+    return fig
+
+
+plot_error_vs_alpha_theory.USES = ("alpha", "L", "eta_ratio")
+
+
+def _pred_panels(stats: pd.DataFrame) -> list[tuple[str, str, dict]]:
+    """(method, y key, fixed values) of each panel of ``plot_pred_error_phase``: GD over its eta
+    axis; WN-GD over eta~ (one panel row per eta), or over eta when eta~ is fixed."""
+    panels = []
+    gd, wn = stats[stats["method"] == "gd"], stats[stats["method"] == "wn"]
+    if len(_uniq(gd["eta"])) >= 2:
+        panels.append(("gd", "eta", {}))
+    if len(_uniq(wn["eta_ratio"])) >= 2:
+        panels += [("wn", "eta_ratio", {"eta": e}) for e in _uniq(wn["eta"])]
+    elif len(_uniq(wn["eta"])) >= 2:
+        panels.append(("wn", "eta", {}))
+    return panels
+
+
+def plot_pred_error_phase(runs: pd.DataFrame) -> Figure:
+    """Where the runs leave the gradient-flow picture: log10 of the median ``pred_error`` (distance
+    of x~_T to the predicted flow limit, relative) over alpha x step size. Rows: GD over eta, WN-GD
+    over eta~ (per eta) or eta; columns: L. Blank cells: no usable prediction or run."""
+    _require_single_slice(runs, plot_pred_error_phase.USES, "plot_pred_error_phase")
+    stats = cell_stats(runs)
+    if "pred_error_median" not in stats:
+        raise ValueError("the runs carry no predicted limits (pred_* columns)")
+    panels, Ls, xs = _pred_panels(stats), _uniq(stats["L"]), _uniq(stats["alpha"])
+    if not panels or len(xs) < 2:
+        raise ValueError("needs >= 2 alphas and >= 2 step sizes (eta, or eta~ for WN-GD)")
+    with np.errstate(divide="ignore"):
+        logs = np.log10(stats["pred_error_median"].to_numpy(dtype=float))
+    stats = stats.assign(log_pred_error=np.where(np.isfinite(logs), logs, np.nan))
+    finite = stats["log_pred_error"].dropna()
+    vmin, vmax = (float(finite.min()), float(finite.max())) if len(finite) else (-1.0, 0.0)
+    fig, axes = _figure(len(panels), len(Ls), sharey=False, cbar=True)
+    mesh = None
+    for (i, (method, y, fixed)), (j, L) in itertools.product(enumerate(panels), enumerate(Ls)):
+        d = stats[(stats["method"] == method) & (stats["L"] == L)]
+        for k, v in fixed.items():
+            d = d[d[k] == v]
+        ys = _uniq(stats.loc[stats["method"] == method, y])
+        z = _pivot(d, "log_pred_error", "alpha", xs, y, ys)
+        mesh = _heatmap(axes[i, j], xs, ys, z, "alpha", y, cmap="magma", vmin=vmin,
+                        vmax=max(vmax, vmin + 1e-9))
+        axes[i, j].set_title(f"{METHOD_NAMES[method]}, " + _title({"L": L} | fixed))
+        axes[i, j].set_ylabel(LABELS[y])
+    for ax in axes[-1, :]:
+        ax.set_xlabel(LABELS["alpha"])
+    fig.colorbar(mesh, ax=axes.ravel().tolist(), label=LABELS["log_pred_error"])
+    return fig
+
+
+plot_pred_error_phase.USES = ("alpha", "L", "eta", "eta_ratio")

@@ -94,6 +94,18 @@ def _need_alpha_eff(df: pd.DataFrame) -> str | None:
     return None if (np.isfinite(a) & (a > 0)).any() else "needs WN-GD runs with a finite alpha_eff"
 
 
+def _need_predictions(df: pd.DataFrame) -> str | None:
+    if "pred_status" not in df or df["pred_status"].isna().all():
+        return "no predicted limits (results written before the theory overlay)"
+    ok = np.isfinite(pd.to_numeric(df["pred_rel_error_l1"], errors="coerce")).any()
+    return None if ok else "no usable predicted limit (every pred_status failed)"
+
+
+def _need_step_axis(df: pd.DataFrame) -> str | None:
+    steps = [_n(df, "eta", "gd"), _n(df, "eta", "wn"), _n(df, "eta_ratio", "wn")]
+    return None if max(steps) >= 2 else "needs >= 2 values of eta or eta~"
+
+
 ALPHA, S, ETA = _need_values("alpha", "alpha"), _need_values("s", "s"), _need_values(
     "eta_ratio", "eta~ (WN-GD)", "wn"
 )
@@ -108,6 +120,10 @@ FIGURES: list[tuple[str, str, Callable[[pd.DataFrame], Any], list[Check]]] = [
      [_need_methods, ALPHA, ETA, _need_ratios]),
     ("recovery_alpha_s", "recovery rate alpha x s", plots.plot_recovery_heatmaps, [ALPHA, S]),
     ("alpha_eff", "alpha_eff vs alpha", plots.plot_alpha_eff, [_need_alpha_eff]),
+    ("theory_error_vs_alpha", "error vs alpha, measured and predicted by gradient flow",
+     plots.plot_error_vs_alpha_theory, [ALPHA, _need_predictions]),
+    ("theory_pred_error", "distance to the gradient-flow limit, alpha x step size",
+     plots.plot_pred_error_phase, [ALPHA, _need_predictions, _need_step_axis]),
 ]
 
 

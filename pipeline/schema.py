@@ -28,7 +28,14 @@ def _param_fields(params) -> list[tuple[str, pa.DataType]]:
 
 
 #: Result columns added after wnsweep 0.1 (optional in stored shards, see OPTIONAL_RUN_COLUMNS).
-ADDED_RUN_FIELDS: list[tuple[str, pa.DataType]] = []
+ADDED_RUN_FIELDS: list[tuple[str, pa.DataType]] = [
+    # the theory overlay (docs/MODEL.md, "Predicted gradient-flow limits")
+    ("pred_status", pa.string()),  # ok | inaccurate | infeasible | failed
+    ("pred_error", pa.float64()),  # ||x~_T - x_pred|| / ||x_pred||; null unless ok/inaccurate
+    ("pred_l1_gap", pa.float64()),  # ||x_pred||_1 / ||x_l1||_1 - 1
+    ("pred_rel_error_l1", pa.float64()),  # ||x_pred - x_l1|| / ||x_l1||
+    ("x_pred", pa.list_(pa.float64())),  # null unless output.save_solutions
+]
 ADDED_RUN_COLUMNS = frozenset(name for name, _ in ADDED_RUN_FIELDS)
 
 RUNS_SCHEMA = pa.schema(

@@ -14,13 +14,10 @@ import numpy as np
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
-from pipeline import dynamics, initialization, metrics, models, problems, reference, schema
+from pipeline import (dynamics, initialization, metrics, models, problems, reference, schema,
+                      theory)
 from pipeline.parameters import INSTANCE_PARAMS, RUN_PARAMS
 from pipeline.plan import InstanceKey, Run, Task
-
-#: The most runs one engine call holds; larger instances are cut into batches of this size.
-MAX_BATCH = 1024
-
 
 @dataclass
 class TaskResult:
@@ -51,29 +48,60 @@ def run_task(task: Task, problem_bytes: bytes | None = None, node: str | None = 
 
 
 def _run_task(task: Task, problem_bytes: bytes | None, node: str) -> TaskResult:
+    """The task's instances go to the engine in calls of one shape and sign (``_engine_calls``);
+    the rows come out in the order of ``task.instances``, each instance's runs in task order."""
     runs_by_instance: dict[str, list[Run]] = {}
     for run in task.runs:
         runs_by_instance.setdefault(run.instance_id, []).append(run)
-    run_rows: list[dict] = []
-    instance_rows: list[dict] = []
-    for inst in task.instances:
-        problem = load_problem(inst, problem_bytes)
-        bp = reference.basis_pursuit(problem.A, problem.b, nonneg=not inst.signed,
-                                     solver=task.bp_solver)
-        instance_rows.append(_instance_row(inst, problem, bp))
-        runs = runs_by_instance[inst.instance_id]
-        for start in range(0, len(runs), MAX_BATCH):
-            batch = runs[start:start + MAX_BATCH]
-            results = dynamics.run_batch(problem.A, problem.b, [_config(inst, r) for r in batch],
-                                         _initial_weights(inst, problem, batch))
-            for run, result in zip(batch, results):
-                run_rows.append(_run_row(task, inst, problem, bp, run, result, node))
+    run_rows: dict[str, list[dict]] = {}
+    instance_rows: dict[str, dict] = {}
+    for call in _engine_calls(task.instances, runs_by_instance):
+        loaded = [load_problem(inst, problem_bytes) for inst in call]
+        bps = [reference.basis_pursuit(problem.A, problem.b, nonneg=not inst.signed,
+                                       solver=task.bp_solver)
+               for inst, problem in zip(call, loaded)]
+        instance_of_run, configs, w0 = [], [], []
+        for k, (inst, problem) in enumerate(zip(call, loaded)):
+            runs = runs_by_instance[inst.instance_id]
+            instance_of_run += [k] * len(runs)
+            configs += [_config(inst, r) for r in runs]
+            w0 += _initial_weights(inst, problem, runs)
+        results = iter(zip(w0, dynamics.run_stack([(p.A, p.b) for p in loaded],
+                                                  instance_of_run, configs, w0)))
+        for inst, problem, bp in zip(call, loaded, bps):
+            instance_rows[inst.instance_id] = _instance_row(inst, problem, bp)
+            predict = Predictions(problem, inst.signed)
+            rows = run_rows[inst.instance_id] = []
+            for run in runs_by_instance[inst.instance_id]:
+                w, result = next(results)
+                row = _run_row(task, inst, problem, bp, run, result, node)
+                row.update(_prediction_columns(predict(run, w, result), result, bp,
+                                               task.save_solutions))
+                rows.append(row)
     meta = {schema.META_SPEC_HASH: task.spec_hash.encode(), schema.META_TASK: task.task_id.encode()}
     return TaskResult(
         task_id=task.task_id,
-        runs=_table(run_rows, schema.RUNS_SCHEMA, meta),
-        instances=_table(instance_rows, schema.INSTANCES_SCHEMA, meta),
+        runs=_table([row for inst in task.instances for row in run_rows[inst.instance_id]],
+                    schema.RUNS_SCHEMA, meta),
+        instances=_table([instance_rows[inst.instance_id] for inst in task.instances],
+                         schema.INSTANCES_SCHEMA, meta),
     )
+
+
+def _engine_calls(instances: tuple[InstanceKey, ...],
+                  runs_by_instance: dict[str, list[Run]]) -> list[list[InstanceKey]]:
+    """The instances of one engine call each: same (M, N, sign), at most dynamics.CALL_BYTES of
+    stacked arrays (large-N instances go fewer per call), in task order within a call. Only one
+    call's instances are generated at a time."""
+    groups: dict[tuple[int, int, str], list[InstanceKey]] = {}
+    for inst in instances:
+        groups.setdefault((inst.M, inst.N, inst.sign), []).append(inst)
+    calls = []
+    for (M, N, sign), members in groups.items():
+        counts = [len(runs_by_instance[inst.instance_id]) for inst in members]
+        for part in dynamics.split_stacks(counts, M, N, sign == "signed", dynamics.CALL_BYTES):
+            calls.append(members[part])
+    return calls
 
 
 def _config(inst: InstanceKey, run: Run) -> dynamics.RunConfig:
@@ -130,6 +158,39 @@ def _instance_columns(inst: InstanceKey, problem: problems.Instance) -> dict:
     instance file, s counts the nonzeros of its x_star)."""
     return {**{p.name: inst.params[p.name] for p in INSTANCE_PARAMS if p.column},
             "M": problem.M, "N": problem.N, "s": problem.s}
+
+
+class Predictions:
+    """Predicted gradient-flow limits of the runs of one instance (docs/MODEL.md, "Predicted
+    gradient-flow limits"). A GD run's limit depends on its initial weights alone: one solve per
+    distinct (L, init, alpha), shared by runs that differ only in eta. A WN-GD run's is the plain
+    flow's from w0 e^{-C_inf}: one solve per run, from its own r_0, r_T and eta~."""
+
+    def __init__(self, problem: problems.Instance, signed: bool):
+        self.problem, self.signed = problem, signed
+        self._shared: dict[tuple, theory.Prediction] = {}
+
+    def __call__(self, run: Run, w0: np.ndarray, result: dynamics.RunResult) -> theory.Prediction:
+        A, b = self.problem.A, self.problem.b
+        if run.method == "wn":
+            log_scale = theory.wn_log_scale(result.r0, result.r_final, run.eta_ratio)
+            return theory.predicted_limit(A, b, w0, run.L, self.signed, log_scale=log_scale)
+        key = (run.L, run.init, run.alpha)
+        if key not in self._shared:
+            self._shared[key] = theory.predicted_limit(A, b, w0, run.L, self.signed)
+        return self._shared[key]
+
+
+def _prediction_columns(pred: theory.Prediction, result: dynamics.RunResult,
+                        bp: reference.BasisPursuit, save_solutions: bool) -> dict:
+    """The theory overlay's columns of one run (nulls but the status when the solve failed)."""
+    row = {"pred_status": pred.status, "pred_error": None, "pred_l1_gap": None,
+           "pred_rel_error_l1": None, "x_pred": None}
+    if pred.status in theory.USABLE:
+        row.update(theory.prediction_metrics(result.x_final, pred.x, bp.x))
+        row["pred_rel_error_l1"] = metrics.solution_metrics(pred.x, bp.x, None)["rel_error_l1"]
+        row["x_pred"] = pred.x.tolist() if save_solutions else None
+    return row
 
 
 def _table(rows: list[dict], table_schema: pa.Schema, meta: dict[bytes, bytes]) -> pa.Table:

@@ -64,7 +64,7 @@ dominated by sum_i u0_i^{2-L} p_i: a weighted l1 norm with weights u0_i^{2-L}, t
 only for a constant initialization (for L = 2 the weights are log(1/u0_i^2) = 2 log(1/alpha) + O(1),
 uniform to leading order).
 
-WN-GD (docs/MODEL.md, "Derivation sketch of C_inf"). With eta_r / eta_u = eta~ fixed (both
+WN-GD (docs/MODEL.md, "The alpha_eff derivation"). With eta_r / eta_u = eta~ fixed (both
 schedules), the WN flow is w' = -eta_u r^2 grad f - c(t) w with
 c(t) = (eta_r / r^2 - eta_u) <w, grad f>, and since (r^2)' = -2 eta_r <w, grad f>,
 int_0^t c = C(t) = log(r_0 / r_t) + (r_t^2 - r_0^2) / (2 eta~). The first term is gradient flow in
@@ -133,6 +133,8 @@ import numpy as np
 from pipeline import metrics
 
 STATUSES = ("ok", "inaccurate", "infeasible", "failed")
+#: The statuses whose x is a usable prediction.
+USABLE = ("ok", "inaccurate")
 #: A solve that stops early with a relative residual at most this is "inaccurate", not "failed".
 INACCURATE_RTOL = 1e-6
 #: L = 2: largest change of any z_i per Newton step (x_i changes by at most e^Z_STEP_CAP).
