@@ -42,10 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
+import numpy as np
+import pyarrow as pa
 
-from pipeline import executors, plan, schema, spec, store, sweep  # noqa: E402
+from pipeline import executors, plan, schema, spec, store, sweep
 
 #: One setting, one run per instance: the run count is ``trials`` (the issue's new-user sweep).
 ONE_SETTING = """\

@@ -6,6 +6,9 @@ of tasks in flight (``ray.wait``), lets Ray retry a task whose worker or node di
 user instance file's bytes once through the object store. This is the only module that imports
 Ray.
 
+Tasks come as an iterable (consumed as they are submitted): ``plan.Task`` with its runs, or
+``plan.LazyTask``, a few integers describing its instances, expanded into its runs where it runs.
+
 Who writes the shards. Given the output (``out``), a task writes its own two shards through
 ``store.ResultsStore`` where it ran, and the driver receives only ``Completed(task_id, runs)``:
 the driver tracks completion and nothing else, so it does not limit how many workers a sweep can
@@ -22,19 +25,20 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
 from pipeline import store
-from pipeline.plan import Task
+from pipeline.plan import LazyTask, Task
 from pipeline.spec import SpecError
 from pipeline.task import TaskResult, run_task
 
@@ -66,8 +70,8 @@ class ExecutionReport:
     written_by_driver: int = 0  # completions handed back with their tables
     write_problem: str = ""  # the first reason a task could not write its own shards
 
-    def fail(self, task: Task, exc: BaseException) -> None:
-        self.failed.append((task.task_id, f"{type(exc).__name__}: {exc}"))
+    def fail(self, task: Task | LazyTask, exc: BaseException) -> None:
+        self.failed.append((_task_id(task), f"{type(exc).__name__}: {exc}"))
 
     def count(self, done: Completed) -> None:
         self.completed += 1
@@ -87,7 +91,7 @@ class Output:
     witness: tuple[int, int, int] | None = None
 
     @classmethod
-    def of(cls, uri: str) -> "Output":
+    def of(cls, uri: str) -> Output:
         folder = store.ResultsFolder(uri)
         if not folder.is_local:
             return cls(folder.uri)
@@ -128,31 +132,62 @@ def _finish(result: TaskResult, out: Output | None) -> Completed:
     return Completed(result.task_id, rows)
 
 
-def _problem_bytes(tasks: Sequence[Task]) -> bytes | None:
-    """The user instance file's bytes (a sweep has at most one), checked against the hash its
-    run_ids were made with."""
-    files = {(i.problem_file, i.file_sha256) for t in tasks for i in t.instances if i.problem_file}
-    if not files:
-        return None
-    ((path, sha256),) = files
+def _task_id(task: Task | LazyTask) -> str:
+    """A task's id (a lazily described task is expanded for it: only on failure)."""
+    if isinstance(task, LazyTask):
+        expanded = task.expand()
+        return expanded.task_id if expanded is not None else "(empty)"
+    return task.task_id
+
+
+def _expanded(task: Task | LazyTask) -> Task:
+    """The task with its runs (a LazyTask is expanded where it runs)."""
+    if isinstance(task, LazyTask):
+        expanded = task.expand()
+        if expanded is None:
+            raise ValueError("a lazily planned task without runs")
+        return expanded
+    return task
+
+
+def _problem_file(task: Task | LazyTask) -> tuple[str, str] | None:
+    if isinstance(task, LazyTask):
+        problem = task.spec.problem
+        return (problem.file, problem.file_sha256) if problem.file else None
+    files = {(i.problem_file, i.file_sha256) for i in task.instances if i.problem_file}
+    return next(iter(files)) if files else None
+
+
+def _problem_bytes(tasks: Iterable[Task | LazyTask]) -> tuple[bytes | None, Iterator]:
+    """The user instance file's bytes (a sweep has at most one, so the first task tells),
+    checked against the hash its run_ids were made with; and the tasks, as an iterator."""
+    tasks = iter(tasks)
+    first = next(tasks, None)
+    if first is None:
+        return None, iter(())
+    tasks = itertools.chain([first], tasks)
+    file = _problem_file(first)
+    if file is None:
+        return None, tasks
+    path, sha256 = file
     data = Path(path).read_bytes()
     if hashlib.sha256(data).hexdigest() != sha256:
         raise SpecError(path, "problem.file", "the file changed after the sweep was validated; "
                         "run the command again")
-    return data
+    return data, tasks
 
 
-def run_serial(tasks: Sequence[Task], on_result: Callable[[Completed], None],
+def run_serial(tasks: Iterable[Task | LazyTask], on_result: Callable[[Completed], None],
                out: str | None = None) -> ExecutionReport:
     """Run every task in this process, in order (debugging, profiling, no Ray); with ``out``,
     each task's shards are written as it completes (else ``on_result`` gets the tables)."""
     report, start = ExecutionReport(), time.perf_counter()
-    data = _problem_bytes(tasks)
+    data, tasks = _problem_bytes(tasks)
     node = f"serial@{socket.gethostname()}"
     output = Output.of(out) if out is not None else None
     for task in tasks:
         try:
-            done = _finish(run_task(task, data, node=node), output)
+            done = _finish(run_task(_expanded(task), data, node=node), output)
         except Exception as exc:  # a bug or a bad instance: record it, go on with the others
             report.fail(task, exc)
             continue
@@ -162,11 +197,11 @@ def run_serial(tasks: Sequence[Task], on_result: Callable[[Completed], None],
     return report
 
 
-def _ray_task(task: Task, data: bytes | None, out: Output | None) -> Completed:
+def _ray_task(task: Task | LazyTask, data: bytes | None, out: Output | None) -> Completed:
     import ray
 
     node = ray.get_runtime_context().get_node_id()[:12]
-    return _finish(run_task(task, data, node=f"{socket.gethostname()}:{node}"), out)
+    return _finish(run_task(_expanded(task), data, node=f"{socket.gethostname()}:{node}"), out)
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> bool:
@@ -215,7 +250,7 @@ def shutdown_ray() -> None:
     ray.shutdown()
 
 
-def run_ray(tasks: Sequence[Task], on_result: Callable[[Completed], None],
+def run_ray(tasks: Iterable[Task | LazyTask], on_result: Callable[[Completed], None],
             max_in_flight: int | None = None, out: str | None = None) -> ExecutionReport:
     """Run the tasks as Ray tasks on the Ray instance this process is connected to; with
     ``out``, each task writes its shards where it ran when it can (module docstring)."""
@@ -223,25 +258,25 @@ def run_ray(tasks: Sequence[Task], on_result: Callable[[Completed], None],
 
     report, start = ExecutionReport(), time.perf_counter()
     remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_ray_task)
-    data = _problem_bytes(tasks)
+    data, queue = _problem_bytes(tasks)  # tasks are taken from it as they are submitted
     data_ref = ray.put(data) if data is not None else None
     output = Output.of(out) if out is not None else None
-    queue = list(reversed(tasks))
-    in_flight: dict[ray.ObjectRef, Task] = {}
+    in_flight: dict[ray.ObjectRef, Task | LazyTask] = {}
+    task = next(queue, None)
     try:
-        while queue or in_flight:
+        while task is not None or in_flight:
             # two per CPU keeps every CPU busy while results are consumed
             limit = max_in_flight or max(2 * cluster_cpus(), MIN_IN_FLIGHT)
-            while queue and len(in_flight) < limit:
-                task = queue.pop()
+            while task is not None and len(in_flight) < limit:
                 in_flight[remote.remote(task, data_ref, output)] = task
+                task = next(queue, None)
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
-                task = in_flight.pop(ref)
+                submitted = in_flight.pop(ref)
                 try:
                     done = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # an exception in the task, or retries
-                    report.fail(task, exc)  # exhausted (worker, node or memory failures)
+                    report.fail(submitted, exc)  # exhausted (worker, node or memory failures)
                     continue
                 on_result(done)
                 report.count(done)

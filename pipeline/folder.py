@@ -111,11 +111,11 @@ class RunIds(AbstractSet):
         self.array = _sorted_unique(ids) if len(ids) else np.empty(0, dtype="S1")
 
     @classmethod
-    def from_arrow(cls, column: pa.Array | pa.ChunkedArray) -> "RunIds":
+    def from_arrow(cls, column: pa.Array | pa.ChunkedArray) -> RunIds:
         return cls(arrow_bytes(column))
 
     @classmethod
-    def _from_iterable(cls, it: Iterable[str]) -> "RunIds":  # what the Set mixins build
+    def _from_iterable(cls, it: Iterable[str]) -> RunIds:  # what the Set mixins build
         return cls(it)
 
     def __len__(self) -> int:
@@ -144,7 +144,7 @@ class RunIds(AbstractSet):
         return array[i] == ids
 
     @staticmethod
-    def _coerce(other: object) -> "RunIds | None":
+    def _coerce(other: object) -> RunIds | None:
         if isinstance(other, RunIds):
             return other
         if isinstance(other, AbstractSet):

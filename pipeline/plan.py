@@ -157,18 +157,23 @@ class Plan:
         return tasks
 
     def _task(self, batch: list[tuple[InstanceKey, list[Run]]], cost: float) -> Task:
-        runs = tuple(r for _, rs in batch for r in rs)
-        digest = hashlib.sha256("\n".join(sorted(r.run_id for r in runs)).encode()).hexdigest()
-        return Task(
-            task_id=digest[:16],
-            sweep=self.spec.name,
-            spec_hash=self.spec.spec_hash,
-            bp_solver=self.spec.bp_solver,
-            save_solutions=self.spec.save_solutions,
-            instances=tuple(inst for inst, _ in batch),
-            runs=runs,
-            est_seconds=cost,
-        )
+        return _make_task(self.spec, batch, cost)
+
+
+def _make_task(spec: SweepSpec, batch: list[tuple[InstanceKey, list[Run]]], cost: float) -> Task:
+    """A task of these instances and runs; its id hashes its run_ids."""
+    runs = tuple(r for _, rs in batch for r in rs)
+    digest = hashlib.sha256("\n".join(sorted(r.run_id for r in runs)).encode()).hexdigest()
+    return Task(
+        task_id=digest[:16],
+        sweep=spec.name,
+        spec_hash=spec.spec_hash,
+        bp_solver=spec.bp_solver,
+        save_solutions=spec.save_solutions,
+        instances=tuple(inst for inst, _ in batch),
+        runs=runs,
+        est_seconds=cost,
+    )
 
 
 def run_step_seconds(M: int, N: int, signed: bool) -> float:
@@ -196,23 +201,30 @@ def make_plan(spec: SweepSpec) -> Plan:
     (the shared run axes, then each method in file order with its own axes), every product in
     the order of ``pipeline.parameters.PARAMS``."""
     instances = _instances(spec)
-    shared = [p.name for p in SHARED_RUN_PARAMS]
     runs: list[Run] = []
     for inst in instances:
-        problem_id = _problem_identity(spec, inst)
-        for shared_values in itertools.product(*(spec.axes[name] for name in shared)):
-            for method in spec.methods:
-                own = list(method.axes)
-                for own_values in itertools.product(*method.axes.values()):
-                    values = {p.name: None for p in RUN_PARAMS}
-                    values.update(zip(shared, shared_values))
-                    values.update(zip(own, own_values))
-                    identity = {**problem_id, "method": method.name,
-                                **identity_items(RUN_PARAMS, values, method.name)}
-                    runs.append(Run(_hash(identity, "r-"), inst.instance_id, method.name, values))
+        runs.extend(_instance_runs(spec, inst))
     if len({r.run_id for r in runs}) != len(runs):  # spec validation rules this out
         raise AssertionError("two runs of the sweep share a run_id")
     return Plan(spec=spec, instances=tuple(instances), runs=tuple(runs))
+
+
+def _instance_runs(spec: SweepSpec, inst: InstanceKey) -> list[Run]:
+    """One instance's runs: the shared run axes, then each method with its own axes."""
+    shared = [p.name for p in SHARED_RUN_PARAMS]
+    problem_id = _problem_identity(spec, inst)
+    runs: list[Run] = []
+    for shared_values in itertools.product(*(spec.axes[name] for name in shared)):
+        for method in spec.methods:
+            own = list(method.axes)
+            for own_values in itertools.product(*method.axes.values()):
+                values = {p.name: None for p in RUN_PARAMS}
+                values.update(zip(shared, shared_values))
+                values.update(zip(own, own_values))
+                identity = {**problem_id, "method": method.name,
+                            **identity_items(RUN_PARAMS, values, method.name)}
+                runs.append(Run(_hash(identity, "r-"), inst.instance_id, method.name, values))
+    return runs
 
 
 def _problem_identity(spec: SweepSpec, inst: InstanceKey) -> dict:
@@ -225,29 +237,36 @@ def _problem_identity(spec: SweepSpec, inst: InstanceKey) -> dict:
 
 
 def _instances(spec: SweepSpec) -> list[InstanceKey]:
-    """Every instance: the product of the instance parameters' axes, then the trials.
+    """Every instance: the product of the instance parameters' axes, then the trials."""
+    return [_instance(spec, values, trial) for values in _instance_combinations(spec)
+            for trial in range(spec.trials)]
+
+
+def _instance_combinations(spec: SweepSpec) -> list[tuple]:
+    """The values of the instance parameters' axes, in their product's order."""
+    names = [q.name for q in INSTANCE_PARAMS if q.name in spec.axes]
+    return list(itertools.product(*(spec.axes[name] for name in names)))
+
+
+def _instance(spec: SweepSpec, values: tuple, trial: int) -> InstanceKey:
+    """One instance from its instance parameters' values (``_instance_combinations``) and trial.
 
     Seeds are a contract (changing them changes every instance of existing sweeps): a generated
     instance's spawn key is (0, M, N, s, sign, trial), a file instance's (1, file hash, sign,
     trial)."""
     p = spec.problem
     names = [q.name for q in INSTANCE_PARAMS if q.name in spec.axes]
-    out: list[InstanceKey] = []
-    for values in itertools.product(*(spec.axes[name] for name in names)):
-        params = dict(zip(names, values))
-        code = _SIGN_CODE[params["sign"]]
-        for trial in range(spec.trials):
-            if p.file is not None:
-                M, N = p.file_shape  # type: ignore[misc]
-                params = {**params, "M": M, "N": N, "s": None}
-                file_code = int(p.file_sha256[:15], 16)  # type: ignore[index]
-                seed = instance_seed(spec.seed, (1, file_code, code, trial))
-            else:
-                seed = instance_seed(spec.seed, (0, params["M"], params["N"], params["s"], code,
-                                                 trial))
-            key = InstanceKey("", trial, seed, params, p.file, p.file_sha256)
-            out.append(replace(key, instance_id=_hash(_problem_identity(spec, key), "i-", 16)))
-    return out
+    params = dict(zip(names, values))
+    code = _SIGN_CODE[params["sign"]]
+    if p.file is not None:
+        M, N = p.file_shape  # type: ignore[misc]
+        params = {**params, "M": M, "N": N, "s": None}
+        file_code = int(p.file_sha256[:15], 16)  # type: ignore[index]
+        seed = instance_seed(spec.seed, (1, file_code, code, trial))
+    else:
+        seed = instance_seed(spec.seed, (0, params["M"], params["N"], params["s"], code, trial))
+    key = InstanceKey("", trial, seed, params, p.file, p.file_sha256)
+    return replace(key, instance_id=_hash(_problem_identity(spec, key), "i-", 16))
 
 
 def summarize(plan: Plan, tasks: list[Task]) -> str:
@@ -308,3 +327,126 @@ def _product(numbers) -> int:
     for n in numbers:
         out *= int(n)
     return out
+
+
+# -- lazy planning: cost in tasks, not runs ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Block:
+    """Consecutive instances of one combination of the instance parameters' values (index
+    ``combination`` of ``_instance_combinations``): trials ``start`` to ``stop - 1``."""
+
+    combination: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class LazyTask:
+    """A task described by the positions of its instances in the sweep (``blocks``), expanded
+    into today's ``Task`` (its instances, runs, run_ids and task id) where it runs: what crosses
+    the wire and what the driver holds is the spec and a few integers, not the runs."""
+
+    spec: SweepSpec
+    blocks: tuple[Block, ...]
+    runs_count: int
+    est_seconds: float = field(default=0.0, compare=False)
+
+    def instances(self) -> list[InstanceKey]:
+        combinations = _instance_combinations(self.spec)
+        return [_instance(self.spec, combinations[b.combination], trial)
+                for b in self.blocks for trial in range(b.start, b.stop)]
+
+    def expand(self, skip=None) -> Task | None:
+        """The task with its runs, without those in ``skip`` (run_ids already stored; any
+        container) and the instances left with none; None when no run is left."""
+        batch = [(inst, _instance_runs(self.spec, inst)) for inst in self.instances()]
+        if skip is not None and len(skip):
+            ids = [r.run_id for _, runs in batch for r in runs]
+            stored = iter(skip.contains(ids) if hasattr(skip, "contains")  # vectorized
+                          else [i in skip for i in ids])
+            batch = [(inst, [r for r in runs if not next(stored)]) for inst, runs in batch]
+            batch = [(inst, runs) for inst, runs in batch if runs]
+        if not batch:
+            return None
+        return _make_task(self.spec, batch, self.est_seconds)
+
+
+def runs_per_instance(spec: SweepSpec) -> dict[str, int]:
+    """Runs of one instance, per method (the same for every instance of a sweep)."""
+    _, shared, methods = run_count_factors(spec)
+    base = _product(n for _, n in shared)
+    return {name: base * _product(n for _, n in axes) for name, axes in methods}
+
+
+def lazy_tasks(spec: SweepSpec, task_seconds: float = TASK_SECONDS,
+               min_tasks: int = 1) -> list[LazyTask]:
+    """The tasks ``make_plan(spec).tasks(task_seconds=..., min_tasks=...)`` makes, as the same
+    greedy packing (``Plan.tasks``) done by arithmetic on runs of instances of equal cost: one
+    representative instance per combination of the instance parameters is expanded, so the cost
+    grows with the number of tasks and combinations, not with runs or trials."""
+    combinations = _instance_combinations(spec)
+    trials = spec.trials
+    per_instance = sum(runs_per_instance(spec).values())
+    costs, steps = [], 0
+    for values in combinations:
+        inst = _instance(spec, values, 0)
+        runs = _instance_runs(spec, inst)
+        costs.append(instance_cost(inst, runs))
+        steps = max([steps] + [r.max_iters for r in runs])
+    if not combinations or trials == 0 or per_instance == 0:
+        return []
+    n_instances = len(combinations) * trials
+    total = sum(c * trials for c in costs)
+    floor = steps * STEP_OVERHEAD_SECONDS / MAX_OVERHEAD_SHARE
+    target = min(task_seconds, max(total / max(min_tasks, 1), floor))
+    n_tasks = min(n_instances, max(1, math.ceil(total / target - 1e-9)))
+    share = total / n_tasks * (1 + 1e-9)
+    overhead = steps * STEP_OVERHEAD_SECONDS
+    tasks: list[LazyTask] = []
+    blocks: list[Block] = []
+    count, cost = 0, 0.0
+
+    def close() -> None:
+        tasks.append(LazyTask(spec, tuple(blocks), count * per_instance, cost + overhead))
+
+    for index, c in enumerate(costs):
+        trial = 0
+        while trial < trials:
+            if count and cost + c > share:  # Plan.tasks cuts here
+                close()
+                blocks, count, cost = [], 0, 0.0
+            # take this instance, then as many more as fit (cost + c <= share before each)
+            take = 1
+            if c > 0:
+                room = math.floor((share - (cost + c)) / c)
+                take = max(1, min(trials - trial, 1 + max(room, 0)))
+                while take > 1 and cost + (take - 1) * c > share - c:  # float guard
+                    take -= 1
+            else:
+                take = trials - trial
+            blocks.append(Block(index, trial, trial + take))
+            cost += take * c
+            count += take
+            trial += take
+    close()
+    return tasks
+
+
+def summarize_lazy(spec: SweepSpec, tasks: list[LazyTask] | list[Task]) -> str:
+    """``summarize`` for a sweep planned lazily: the counts come from the spec (``count_runs``),
+    the work to do from ``tasks`` (LazyTask or Task)."""
+    instances = len(_instance_combinations(spec)) * spec.trials
+    per_method = runs_per_instance(spec)
+    todo = sum(t.runs_count if isinstance(t, LazyTask) else len(t.runs) for t in tasks)
+    cpu = sum(t.est_seconds for t in tasks)
+    lines = [
+        f"sweep {spec.name} ({spec.source}), spec hash {spec.spec_hash[:12]}",
+        f"runs:      {count_runs(spec)} ("
+        + ", ".join(f"{m} {n * instances}" for m, n in sorted(per_method.items())) + ")",
+        f"instances: {instances} (one basis-pursuit solve each)",
+        f"to run:    {todo} runs in {len(tasks)} tasks",
+        f"cost:      at most ~{_duration(cpu)} of CPU time (every run to max_iters); "
+        f"~{_duration(cpu / 2)} on 2 CPUs",
+    ]
+    return "\n".join(lines)

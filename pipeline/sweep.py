@@ -24,8 +24,14 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from pipeline import executors, store
-from pipeline.plan import (TASK_SECONDS, Plan, Task, count_runs, make_plan, run_count_factors,
-                           summarize)
+from pipeline.plan import (
+    TASK_SECONDS,
+    LazyTask,
+    count_runs,
+    lazy_tasks,
+    run_count_factors,
+    summarize_lazy,
+)
 from pipeline.spec import SpecError, SweepSpec, load_spec, parse_spec
 
 #: The most runs a sweep may have unless ``max_runs`` (``--max-runs``) says otherwise.
@@ -88,15 +94,38 @@ def plan_text(spec_path: str, out: str | None = None, max_runs: int = MAX_RUNS) 
     """What `wnsweep plan` prints, accounting for runs already stored in the output folder."""
     spec = load_spec(spec_path)
     check_size(spec, max_runs)
-    plan = make_plan(spec)
     out = out or default_out(spec)
     done = _stored_run_ids(out)
-    already = frozenset(done & plan.run_ids)
-    tasks = plan.tasks(already)
-    text = summarize(plan, tasks)
-    if done:
-        text += f"\nstored:    {len(already)} runs already in {out}"
+    pending = Pending(lazy_tasks(spec), done)
+    tasks = list(pending)
+    text = summarize_lazy(spec, tasks)
+    if len(done):
+        text += f"\nstored:    {pending.already} runs already in {out}"
     return text
+
+
+class Pending:
+    """The lazily planned tasks without the runs already ``stored``. With nothing stored, the
+    tasks pass as they are (expanded where they run); otherwise each is expanded here, as it is
+    taken, its run_ids hashed and the stored ones left out (a task with none left is skipped).
+    Counts the runs left out (``already``) and the tasks given (``tasks``)."""
+
+    def __init__(self, tasks: list[LazyTask], stored: store.RunIds):
+        self.lazy, self.stored = tasks, stored
+        self.already = 0
+        self.tasks = 0
+
+    def __iter__(self):
+        for lazy in self.lazy:
+            if not len(self.stored):
+                self.tasks += 1
+                yield lazy
+                continue
+            task = lazy.expand(skip=self.stored)
+            self.already += lazy.runs_count - (len(task.runs) if task is not None else 0)
+            if task is not None:
+                self.tasks += 1
+                yield task
 
 
 def _stored_run_ids(out: str) -> store.RunIds:
@@ -113,8 +142,7 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
     sweep file (SweepTooLarge above ``max_runs`` runs), StoreError on an unusable output folder
     and ConnectionError when the Ray cluster cannot be reached, before anything is written."""
     spec = load_spec(spec_path)  # validation comes first: a bad file writes nothing
-    check_size(spec, max_runs)  # and the size, before anything is allocated
-    plan = make_plan(spec)
+    planned = check_size(spec, max_runs)  # and the size, before anything is allocated
     out = out or default_out(spec)
     if executor not in ("serial", "ray"):
         raise ValueError(f"unknown executor {executor!r}; allowed: serial, ray")
@@ -127,32 +155,32 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
         results.clean_temporaries()
         inventory = results.inventory()
         results.quarantine(inventory.corrupt)
-        already = frozenset(inventory.run_ids & plan.run_ids)
         # at least eight tasks per CPU, so that the last wave leaves little idle time
         min_tasks = 8 * executors.cluster_cpus() if executor == "ray" else 1
-        tasks = plan.tasks(frozenset(already), task_seconds=task_seconds, min_tasks=min_tasks)
-        entry = {"started": store.now(), "executor": executor, "planned": len(plan.runs),
-                 "already_stored": len(already), "tasks": len(tasks),
+        pending = Pending(lazy_tasks(spec, task_seconds=task_seconds, min_tasks=min_tasks),
+                          inventory.run_ids)
+        entry = {"started": store.now(), "executor": executor, "planned": planned,
                  "quarantined": [s.task_id for s in inventory.corrupt]}
-        computed, report, seconds = _execute(tasks, executor, results, manifest, entry,
+        todo = planned - min(len(inventory.run_ids), planned)  # the bar's total (an estimate)
+        computed, report, seconds = _execute(pending, todo, executor, results, manifest, entry,
                                              spec.name, progress)
     finally:
         if started_ray:
             executors.shutdown_ray()
-    return SweepOutcome(out=out, planned=len(plan.runs), already=len(already), computed=computed,
-                        tasks=len(tasks), failed=report.failed, seconds=seconds,
+    return SweepOutcome(out=out, planned=planned, already=pending.already, computed=computed,
+                        tasks=pending.tasks, failed=report.failed, seconds=seconds,
                         written_by_driver=report.written_by_driver,
                         write_problem=report.write_problem)
 
 
-def _execute(tasks: list[Task], executor: str, results: store.ResultsStore, manifest: dict,
-             entry: dict, name: str, progress: bool | None
+def _execute(tasks: Pending, todo: int, executor: str, results: store.ResultsStore,
+             manifest: dict, entry: dict, name: str, progress: bool | None
              ) -> tuple[int, executors.ExecutionReport, float]:
     """Run the tasks, each writing its shards where it ran when it can (the driver writes those
     handed back), track completion, and record the invocation (``entry``) in the manifest.
     Returns (runs computed, the executor's report, seconds)."""
     # progress None: a bar on terminals only (tqdm's disable=None)
-    bar = tqdm(total=sum(len(t.runs) for t in tasks), unit="run", desc=name,
+    bar = tqdm(total=todo, unit="run", desc=name,
                disable=None if progress is None else not progress, smoothing=0.1)
     computed = 0
 
@@ -170,12 +198,14 @@ def _execute(tasks: list[Task], executor: str, results: store.ResultsStore, mani
         else:
             report = executors.run_ray(tasks, on_result, out=results.uri)
     except KeyboardInterrupt:
-        entry.update(finished=store.now(), computed=computed, interrupted=True)
+        entry.update(finished=store.now(), already_stored=tasks.already, tasks=tasks.tasks,
+                     computed=computed, interrupted=True)
         store.record_invocation(results, manifest, entry)
         raise
     finally:
         bar.close()
-    entry.update(finished=store.now(), computed=computed, failed=report.failed,
+    entry.update(finished=store.now(), already_stored=tasks.already, tasks=tasks.tasks,
+                 computed=computed, failed=report.failed,
                  written_by_driver=report.written_by_driver)
     store.record_invocation(results, manifest, entry)
     return computed, report, time.perf_counter() - start
@@ -235,11 +265,13 @@ def _stored_spec(results: store.ResultsStore, manifest: dict) -> SweepSpec | Non
 def _planned_and_missing(spec: SweepSpec, inventory: store.Inventory) -> tuple[int, int]:
     """The sweep's run count and how many of its runs are not stored. When every done shard was
     written for this very spec (its spec hash), each stored run_id is one of its runs, and both
-    numbers are counts; otherwise (the sweep was extended or changed) the sweep is planned to
-    compare run_ids."""
+    numbers are counts; otherwise (the sweep was extended or changed) the sweep's run_ids are
+    expanded, task by task, and compared."""
     planned = count_runs(spec)
     if all(s.spec_hashes == {spec.spec_hash} for s in inventory.done):
         return planned, planned - len(inventory.run_ids)
-    plan: Plan = make_plan(spec)
-    return planned, len(plan.run_ids) - int(inventory.run_ids.contains(
-        list(plan.run_ids)).sum())
+    missing = 0
+    for lazy in lazy_tasks(spec):
+        task = lazy.expand(skip=inventory.run_ids)
+        missing += len(task.runs) if task is not None else 0
+    return planned, missing

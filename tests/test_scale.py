@@ -61,6 +61,68 @@ def test_the_ceiling_is_an_option(make_sweep, tmp_path, capsys):
     assert cli.main(["plan", str(path), "--max-runs", "0"]) == 2
 
 
+# -- lazy planning -------------------------------------------------------------------------------
+
+GROUPINGS = [(20.0, 1), (20.0, 16), (1.0, 4), (0.2, 3), (0.01, 1), (1e9, 1)]
+
+
+def assert_lazy_is_todays(loaded: spec.SweepSpec) -> None:
+    eager = plan.make_plan(loaded)
+    for task_seconds, min_tasks in GROUPINGS:
+        today = eager.tasks(task_seconds=task_seconds, min_tasks=min_tasks)
+        lazy = plan.lazy_tasks(loaded, task_seconds=task_seconds, min_tasks=min_tasks)
+        assert [t.runs_count for t in lazy] == [len(t.runs) for t in today]
+        # Task equality: task_id, instances (ids, seeds, parameters), runs (run_ids, settings)
+        assert [t.expand() for t in lazy] == today, (task_seconds, min_tasks)
+        for t, expected in zip(lazy, today):
+            assert abs(t.est_seconds - expected.est_seconds) <= 1e-9 * expected.est_seconds
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.stem for p in SWEEP_FILES])
+def test_lazy_planning_gives_todays_tasks_runs_and_seeds(path):
+    assert_lazy_is_todays(spec.load_spec(path))
+
+
+def test_lazy_planning_of_an_instance_file_and_of_many_shapes(tmp_path):
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((10, 25))
+    np.savez(tmp_path / "inst.npz", A=A, b=A @ np.eye(25)[3])
+    (tmp_path / "file.yaml").write_text(
+        "name: file\nseed: 2\ntrials: 3\nproblem: {file: inst.npz, sign: [nonneg, signed]}\n"
+        "model: {depth: 2}\ninit: {alpha: [0.05, 0.2]}\nmethods: {gd: {eta: 0.02}}\n"
+        "train: {max_iters: 300}\n")
+    assert_lazy_is_todays(spec.load_spec(tmp_path / "file.yaml"))
+    # combinations of unequal cost packed together, cut inside and across combinations
+    assert_lazy_is_todays(spec.parse_spec(
+        "name: shapes\nseed: 1\ntrials: 7\nproblem: {M: [10, 30], N: [40, 90], sparsity: 2}\n"
+        "model: {depth: 2}\ninit: {alpha: [0.1, 0.2, 0.4]}\n"
+        "methods: {gd: {eta: 0.01}, wn: {eta: 0.01, eta_ratio: [0.1, 1]}}\n"
+        "train: {max_iters: [500, 3000]}\n"))
+
+
+def test_lazy_tasks_leave_out_stored_runs(make_sweep):
+    loaded = spec.load_spec(make_sweep(trials=2))
+    every = plan.make_plan(loaded).run_ids
+    stored = RunIds(sorted(every)[::3])
+    kept = [t.expand(skip=stored) for t in plan.lazy_tasks(loaded, task_seconds=0.01)]
+    ids = [r.run_id for t in kept if t is not None for r in t.runs]
+    assert len(ids) == len(set(ids)) and set(ids) == every - stored
+    assert all(t is None or {r.instance_id for r in t.runs} == {i.instance_id for i in t.instances}
+               for t in kept)  # an instance whose runs are all stored is left out
+
+
+def test_plan_of_ten_million_runs_answers_with_its_counts(tmp_path, capsys):
+    """Planned lazily: tasks are a few integers each, and no run is expanded."""
+    path = tmp_path / "big.yaml"
+    path.write_text("name: big\nseed: 0\ntrials: 10000000\nproblem: {M: 20, N: 50, sparsity: 3}\n"
+                    "model: {depth: 2}\ninit: {alpha: 0.1}\nmethods: {gd: {eta: 0.05}}\n"
+                    "train: {max_iters: 1000}\n")
+    assert cli.main(["plan", str(path), "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    assert "runs:      10000000 (gd 10000000)" in text and "instances: 10000000" in text
+    assert "to run:    10000000 runs in" in text
+
+
 # -- the compact run_id set -----------------------------------------------------------------------
 
 def test_run_ids_behave_as_a_set_of_strings():
