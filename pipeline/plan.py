@@ -13,6 +13,16 @@ alone, never from execution order or worker identity.
 Tasks. A task holds whole instances (one basis-pursuit solve per instance; the engine stacks the
 runs of all its instances of one shape) and is sized by a cost model to take seconds to about a
 minute. Its id hashes its run_ids, so a shard's name says which runs it holds.
+
+Two planners, one result. ``make_plan`` expands every run (tests, analysis, small sweeps);
+``lazy_tasks`` (what ``wnsweep plan`` and ``wnsweep run`` use) gives the same tasks as
+``make_plan(spec).tasks(...)`` without expanding a run: every instance of one combination of the
+instance parameters costs the same, so the greedy packing is done by arithmetic on blocks of
+trials, and a ``LazyTask`` (the spec and a few integers) is expanded into its instances, seeds,
+runs and run_ids where it runs (``LazyTask.expand``). Planning costs time and memory per task
+and per combination, not per run: 1e7 runs plan in well under a second (benchmarks/scale.py).
+The run count itself (``count_runs``) is arithmetic on the spec, checked against a ceiling
+before any planning (``pipeline.sweep``).
 """
 
 from __future__ import annotations
