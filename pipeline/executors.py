@@ -47,6 +47,8 @@ MAX_RETRIES = 4
 #: Tasks kept in flight at least, so that an autoscaling cluster that starts with no worker sees
 #: enough demand to add workers (the window is re-read as the cluster grows).
 MIN_IN_FLIGHT = 16
+#: How often the cluster's CPU count (and so the window of tasks in flight) is re-read.
+CPUS_EVERY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -263,14 +265,21 @@ def run_ray(tasks: Iterable[Task | LazyTask], on_result: Callable[[Completed], N
     output = Output.of(out) if out is not None else None
     in_flight: dict[ray.ObjectRef, Task | LazyTask] = {}
     task = next(queue, None)
+    limit, checked = 0, -CPUS_EVERY_SECONDS
     try:
         while task is not None or in_flight:
-            # two per CPU keeps every CPU busy while results are consumed
-            limit = max_in_flight or max(2 * cluster_cpus(), MIN_IN_FLIGHT)
+            if time.monotonic() - checked >= CPUS_EVERY_SECONDS:  # the cluster may have grown
+                # two per CPU keeps every CPU busy while results are consumed
+                limit = max_in_flight or max(2 * cluster_cpus(), MIN_IN_FLIGHT)
+                checked = time.monotonic()
             while task is not None and len(in_flight) < limit:
                 in_flight[remote.remote(task, data_ref, output)] = task
                 task = next(queue, None)
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            refs = list(in_flight)
+            ready, rest = ray.wait(refs, num_returns=1)
+            if rest:  # and every other result already there: one pass over the window for all
+                more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+                ready += more
             for ref in ready:
                 submitted = in_flight.pop(ref)
                 try:
