@@ -44,6 +44,18 @@ def recovery_table(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     ).reset_index()
 
 
+def overlay_table(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Measured against predicted (the theory overlay) per cell of ``by``: the median distance to
+    the minimum-l1 solution of the runs and of their gradient-flow limits, and the median distance
+    of the runs to those limits (pred_error)."""
+    runs = runs.assign(eta_ratio=runs.eta_ratio.fillna(0.0))
+    return runs.groupby(by).agg(
+        n=("run_id", "size"), ok=("pred_status", lambda s: (s == "ok").mean()),
+        measured=("rel_error_l1", "median"), predicted=("pred_rel_error_l1", "median"),
+        pred_error=("pred_error", "median"),
+    ).reset_index()
+
+
 def show(title: str, frame: pd.DataFrame) -> None:
     print(f"\n## {title}\n")
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
@@ -98,6 +110,11 @@ def main() -> None:
             show(f"{name}: recovery (rel_error_l1 <= 1e-3) by method and {', '.join(by)}",
                  recovery_table(c, ["method", *by]))
             show(f"{name}: paired ratio GD/WN by {', '.join(by)}", ratio_table(c, by))
+            if "pred_status" in c and c.pred_status.notna().any():
+                show(f"{name}: theory overlay (rel. error to x_l1 measured and predicted by the "
+                     "flow; pred_error) by method and " + ", ".join(by),
+                     overlay_table(c, ["method", *by]))
+                figures = [*figures, "theory_error_vs_alpha", "theory_pred_error"]
             copy_figures(name, figures)
     if "robustness" in done:
         c = load("robustness")
