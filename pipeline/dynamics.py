@@ -1,19 +1,39 @@
 """Batched GD and WN-GD on diagonal linear networks (docs/MODEL.md, "Methods" and "Stopping and status").
 
-The update rules are small pure functions of arrays (``gd_step``, ``wn_tangential_rate``, ``wn_step``);
-``run_batch`` is the loop around them. It advances many runs on one problem instance at once: the
-runs' weights are the rows of one (B, n) array, so the two products with A per step are
-matrix-matrix products, and everything else is row-wise. Rows may differ in method, depth, sign,
-alpha, eta, eta~, schedule, max_iters and tol; rows leave the batch when they stop. Every operation
-is row-independent, so a run's numbers do not depend on what else is in its batch (up to the
-last-bit rounding of BLAS kernels, which may block differently for different batch sizes).
+The update rules are small pure functions of arrays (``gd_step``, ``wn_tangential_rate``,
+``wn_step``, ``wn_scaled_step``); ``run_stack`` is the loop around them. It advances the runs of
+many problem instances at once:
+
+- Layout. Instances that share (M, N) and the runs' sign form a *stack*: A as a (K, M, N) array,
+  the runs' state as a (B, K, n) grid (row slot, instance, entries), instance k's runs in the
+  slots ``state[:, k]``, padded with idle rows up to B. The two products with A per step are one
+  ``np.matmul`` each over the stack (one gemm per instance, called by numpy); everything else is a
+  fixed handful of whole-array operations over all rows. No Python loop runs over instances or
+  runs inside a step.
+- Mixed rows. Rows may differ in method, depth, alpha, eta, eta~, schedule, max_iters, tol and
+  init. The slots are grouped in blocks of one depth (slot-major, so a block is a contiguous
+  slab): powers w^(L-1) are per block. GD and WN rows take the same vector operations: a WN row
+  keeps its direction unnormalized (``wn_scaled_step``), so its direction update is GD's
+  update ``v - p`` and everything specific to WN-GD is a per-row scalar.
+- Stopping. A run is closed (result recorded) at the iteration it stops and its row turns idle
+  (zero weights, zero step), so it is never advanced. When dropping the idle rows would at least
+  halve the grid (``REPACK_FRACTION``), the stack is re-packed: instances without live runs
+  leave, each block keeps as many slots as its fullest instance needs.
+- Batch independence. Every operation is row-wise, and each instance's products are one BLAS
+  gemm with an even number of rows (``ROW_ALIGN``): with OpenBLAS the last row of an odd-row gemm
+  goes through another kernel and rounds differently (and a one-row product is a gemv). So a run's numbers are the same, to the
+  last bit on the BLAS we test, whatever else shares its stack (tests/test_engine.py checks it).
+- Size. Every step streams the whole stack (A and the row arrays), so a stack is kept about
+  cache-sized (``STACK_BYTES``, ``stack_bytes``): ``run_stack`` cuts a larger group into several
+  stacks run one after the other. The task runner bounds the memory of one call instead
+  (``CALL_BYTES``, with ``split_stacks``), generating one call's instances at a time.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import numpy as np
@@ -32,6 +52,22 @@ DIVERGENCE_FACTOR = 1e6
 #: loop that never flushes).
 FLUSH_EVERY = 8
 FLUSH_POWER = 1e-200
+#: Each instance's block of rows is padded to a multiple of this many rows. It must be even (see
+#: the module doc, "Batch independence"); 4 because OpenBLAS's dgemm (Haswell kernels, measured on
+#: an AMD EPYC) does an 8-row product faster than a 6-row one: 20% less time at (M, N) =
+#: (100, 400), the same at (40, 100) once the padded rows' element-wise work is counted.
+ROW_ALIGN = 4
+#: Re-pack a stack when dropping its idle rows shrinks the (K, B) grid to at most this fraction.
+REPACK_FRACTION = 0.5
+#: Size of one stack in bytes (``stack_bytes``). Measured on one core (AMD EPYC, 512 KiB L2,
+#: 32 MiB shared L3) the products' cost per run grows up to 2x once the stacked A outgrows a few
+#: MiB; a stack of this size still has hundreds of rows at (M, N) = (40, 100), enough to make the
+#: fixed cost of a step (~40 numpy calls, 50-100 us) small per run.
+STACK_BYTES = 8 * 2**20
+#: Memory bound of the instances of one engine call in the task runner (``split_stacks``).
+CALL_BYTES = 256 * 2**20
+#: Arrays of n (or N) float64 entries per row of a stack: state v, w^(L-1), step p, x~ and A^T r.
+_ROW_ARRAYS = 5
 
 
 @dataclass(frozen=True)
@@ -61,7 +97,7 @@ class RunConfig:
 
 @dataclass
 class RunResult:
-    """What one run ends with. Shapes: x_final (N,), w_final (n,), curves (K,)."""
+    """What one run ends with. Shapes: x_final (N,), w_final (n,), curves (C,)."""
 
     status: str
     iterations: int
@@ -72,7 +108,7 @@ class RunResult:
     r_final: float | None  # WN only: r_T
     curve_iter: np.ndarray  # int64, increasing, starts at 0, ends at `iterations`
     curve_loss: np.ndarray  # float64, loss at curve_iter
-    seconds: float  # this run's share (by iterations) of the wall time of its batch's sign group
+    seconds: float  # this run's share (by iterations) of the wall time of its stack
 
 
 # --- update rules -------------------------------------------------------------------------------
@@ -87,7 +123,7 @@ def wn_tangential_rate(
     eta: np.ndarray, r0: np.ndarray, r: np.ndarray, normalized: np.ndarray
 ) -> np.ndarray:
     """eta_u per run: eta / r_ref^2 with r_ref = r_0 (schedule constant) or r_k (normalized).
-    eta_r = eta~ eta_u. All arguments have shape (B,)."""
+    eta_r = eta~ eta_u. All arguments have the same shape (one entry per run)."""
     r_ref = np.where(normalized, r, r0)
     return eta / (r_ref * r_ref)
 
@@ -101,15 +137,39 @@ def wn_step(
         r_{k+1} = r_k - eta_r <d_k, g>                          = r_k - eta~ <d_k, p> / r_k
         d_{k+1} = normalize(d_k - eta_u r_k (g - <d_k, g> d_k)) = normalize((1 + <d_k, p>) d_k - p)
 
-    (the right-hand forms use eta_r = eta~ eta_u). r, eta_ratio: (B,); d, p: (B, n), rows of d of
-    unit norm. ``out_d`` (may be ``d``) receives d_{k+1}.
+    (the right-hand forms use eta_r = eta~ eta_u). r, eta_ratio: (...,); d, p: (..., n), rows of d
+    of unit norm. ``out_d`` (may be ``d``) receives d_{k+1}. The engine takes the same step in the
+    form of ``wn_scaled_step``.
     """
     radial = np.vecdot(d, p)
     r_next = r - eta_ratio * radial / r
-    d_next = np.multiply(d, (1.0 + radial)[:, None], out=out_d)
+    d_next = np.multiply(d, (1.0 + radial)[..., None], out=out_d)
     d_next -= p
-    d_next /= np.sqrt(np.vecdot(d_next, d_next))[:, None]
+    d_next /= np.sqrt(np.vecdot(d_next, d_next))[..., None]
     return r_next, d_next
+
+
+def wn_scaled_step(
+    r: np.ndarray, nu: np.ndarray, v: np.ndarray, p_scaled: np.ndarray, radial: np.ndarray,
+    eta_ratio: np.ndarray, out_v: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``wn_step`` with the direction kept unnormalized: d_k = v_k / nu_k (nu_k may be negative).
+
+    Given radial = <d_k, p> and the scaled step p_scaled = nu_k p / (1 + radial):
+
+        r_{k+1}  = r_k - eta~ radial / r_k
+        v_{k+1}  = v_k - p_scaled
+        nu_{k+1} = sign(nu_k (1 + radial)) ||v_{k+1}||
+
+    Then v_{k+1} / nu_{k+1} = normalize((1 + radial) d_k - p) = wn_step's d_{k+1} (multiply the
+    latter's argument by nu_k / (1 + radial)). So the direction's update is GD's update of v, and
+    the normalization is one norm per step instead of two row scalings. r, nu, radial, eta_ratio:
+    (...,); v, p_scaled: (..., n); ``out_v`` may be v.
+    """
+    r_next = r - eta_ratio * radial / r
+    v_next = gd_step(v, p_scaled, out=out_v)
+    nu_next = np.copysign(np.sqrt(np.vecdot(v_next, v_next)), nu * (1.0 + radial))
+    return r_next, nu_next, v_next
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -126,139 +186,310 @@ def checkpoint_iterations(max_iters: int, checkpoints: int) -> np.ndarray:
     return out
 
 
+def stack_bytes(n_instances: int, n_rows: int, M: int, N: int, signed: bool) -> int:
+    """Memory of one stack in bytes: the stacked A (K, M, N) plus the row arrays of ``n_rows``
+    rows (padding included), float64."""
+    n = models.n_trainable(N, signed)
+    return 8 * (n_instances * M * N + n_rows * (_ROW_ARRAYS * n + 2 * M))
+
+
+def padded_rows(n_runs: int) -> int:
+    """Rows of an instance's block in a stack holding ``n_runs`` of its runs (>= ROW_ALIGN)."""
+    return max(ROW_ALIGN, -(-n_runs // ROW_ALIGN) * ROW_ALIGN)
+
+
+def split_stacks(runs_per_instance: Sequence[int], M: int, N: int, signed: bool,
+                 budget: int = STACK_BYTES) -> list[slice]:
+    """Cut consecutive instances (of one shape and sign) into groups of at most ``budget`` bytes
+    (``stack_bytes``, every instance's rows padded to the most any of them has); a single
+    instance over the budget is a group of its own. Returns slices into ``runs_per_instance``."""
+    out: list[slice] = []
+    start, widest = 0, 0
+    for i, n_runs in enumerate(runs_per_instance):
+        wider = max(widest, padded_rows(n_runs))
+        if i > start and stack_bytes(i + 1 - start, (i + 1 - start) * wider, M, N, signed) > budget:
+            out.append(slice(start, i))
+            start, wider = i, padded_rows(n_runs)
+        widest = wider
+    if len(runs_per_instance) > start:
+        out.append(slice(start, len(runs_per_instance)))
+    return out
+
+
 def run_batch(
     A: np.ndarray, b: np.ndarray, configs: Sequence[RunConfig], w0: Sequence[np.ndarray]
 ) -> list[RunResult]:
     """Run every config from its initial weights on the instance (A, b); results in input order.
 
-    A: (M, N), b: (M,), w0[i]: (n_i,) with n_i = N (nonneg) or 2N (signed), all entries > 0 is not
-    required but WN needs ||w0[i]|| > 0.
+    A: (M, N), b: (M,), w0[i]: (n_i,) with n_i = N (nonneg) or 2N (signed); WN needs
+    ||w0[i]|| > 0. Same as ``run_stack`` with one instance.
     """
-    if len(configs) != len(w0):
-        raise ValueError(f"{len(configs)} configs but {len(w0)} initial weights")
-    A = np.ascontiguousarray(A, dtype=np.float64)
-    b = np.ascontiguousarray(b, dtype=np.float64)
+    return run_stack([(A, b)], [0] * len(configs), configs, w0)
+
+
+def run_stack(
+    problems: Sequence[tuple[np.ndarray, np.ndarray]], instance_of_run: Sequence[int],
+    configs: Sequence[RunConfig], w0: Sequence[np.ndarray], budget: int = STACK_BYTES,
+) -> list[RunResult]:
+    """Run every config from its initial weights on its instance; results in input order.
+
+    problems[k] = (A_k, b_k) with A_k: (M_k, N_k), b_k: (M_k,). Run i uses instance
+    ``instance_of_run[i]``, ``configs[i]`` and w0[i]: (n_i,) with n_i = N (nonneg) or 2N (signed).
+    Instances of one shape whose runs share a sign are stacked, at most ``budget`` bytes per
+    stack (``split_stacks``; a run's numbers do not depend on how its instances are stacked); an
+    instance may have runs of both signs.
+    """
+    if not len(configs) == len(w0) == len(instance_of_run):
+        raise ValueError(f"{len(configs)} configs, {len(w0)} initial weights and "
+                         f"{len(instance_of_run)} instance indices: they must match")
+    arrays = []
+    for A, b in problems:
+        A = np.ascontiguousarray(A, dtype=np.float64)
+        b = np.ascontiguousarray(b, dtype=np.float64)
+        if A.ndim != 2 or b.shape != (A.shape[0],):
+            raise ValueError(f"an instance needs A (M, N) and b (M,), got {A.shape} and {b.shape}")
+        arrays.append((A, b))
+    groups: dict[tuple[int, int, bool], dict[int, list[int]]] = {}
+    for i, (k, cfg) in enumerate(zip(instance_of_run, configs)):
+        if not 0 <= k < len(arrays):
+            raise ValueError(f"run {i}: instance index {k} out of range for {len(arrays)} instances")
+        M, N = arrays[k][0].shape
+        groups.setdefault((M, N, cfg.signed), {}).setdefault(int(k), []).append(i)
     results: list[RunResult | None] = [None] * len(configs)
-    for signed in (False, True):
-        rows = [i for i, c in enumerate(configs) if c.signed == signed]
-        if rows:
-            group = _Group(A, b, [configs[i] for i in rows], [w0[i] for i in rows], signed)
-            for i, result in zip(rows, group.run()):
+    for (M, N, signed), by_instance in groups.items():
+        instances = list(by_instance)
+        for part in split_stacks([len(by_instance[k]) for k in instances], M, N, signed, budget):
+            chosen = instances[part]
+            stack = _Stack([arrays[k] for k in chosen], [by_instance[k] for k in chosen],
+                           configs, w0, signed)
+            for i, result in stack.run().items():
                 results[i] = result
     return results  # type: ignore[return-value]
 
 
-class _Group:
-    """Runs of one sign on one instance. Rows are sorted by (method, depth) so that each such block
-    is a contiguous slice of the state arrays; rows are dropped (compacted) as runs stop."""
+@dataclass
+class _Rows:
+    """The per-run state of a stack: every field an array whose first two axes are the (B, K)
+    grid (row slot, instance). A GD row holds its weights in v (nu = r = 1); a WN row holds
+    w = r d with d = v / nu (``wn_scaled_step``). Padding and stopped runs are idle rows: ``live``
+    False, v = 0 and a zero step, so that they stay finite and change nothing."""
 
-    # per-row arrays that are compacted together when runs stop
-    _ROW_STATE = ("idx", "code", "is_wn", "W", "D", "r", "r0", "eta", "eta_ratio", "normalized",
-                  "max_iters", "tol", "loss_limit", "R")
+    run: np.ndarray  # int64: the run's position in the caller's lists; -1 for padding
+    live: np.ndarray  # bool: the run has not stopped
+    v: np.ndarray  # (B, K, n): GD: w_k; WN: the unnormalized direction
+    nu: np.ndarray  # WN: d_k = v / nu; others 1
+    r: np.ndarray  # WN: r_k; others 1
+    r0: np.ndarray  # WN: r_0; others 1
+    polar: np.ndarray  # bool: a WN row
+    depth: np.ndarray  # int64: L (idle rows: their block's)
+    eta: np.ndarray  # the step eta (GD) or base step (WN); idle rows 0
+    eta_ratio: np.ndarray  # WN: eta~; others 1
+    normalized: np.ndarray  # bool: WN with the normalized schedule
+    max_iters: np.ndarray  # int64
+    tol: np.ndarray
+    loss_limit: np.ndarray  # DIVERGENCE_FACTOR * initial loss (inf until evaluated)
 
-    def __init__(self, A, b, configs, w0, signed):
-        self.A, self.AT, self.b, self.signed = A, np.ascontiguousarray(A.T), b, signed
-        self.configs = configs
-        n = models.n_trainable(A.shape[1], signed)
-        self.block_keys = sorted({(c.method, c.depth) for c in configs})
-        code = np.array([self.block_keys.index((c.method, c.depth)) for c in configs])
-        order = np.argsort(code, kind="stable")
-        cfg = [configs[i] for i in order]
-        self.idx = order  # original position of each current row
-        self.code = code[order]
-        self.is_wn = np.array([c.method == "wn" for c in cfg], dtype=bool)
-        self.W = np.empty((len(cfg), n))
-        for row, i in enumerate(order):
-            w = np.asarray(w0[i], dtype=np.float64)
+    def take(self, index) -> "_Rows":
+        """The rows at ``index`` (a numpy index of the (B, K) grid) as a new state."""
+        return _Rows(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def idle(self, where: np.ndarray) -> None:
+        """Turn the rows at the boolean (B, K) mask ``where`` idle."""
+        self.live[where] = False
+        self.v[where] = 0.0
+        for name in ("nu", "r", "r0"):
+            getattr(self, name)[where] = 1.0
+        self.polar[where] = False
+        self.eta[where] = 0.0
+
+
+def _even_widths(widths: list[int], spare: list[int]) -> list[int]:
+    """Block widths grown by at most ``spare[i]`` each so that their sum is a positive multiple
+    of ROW_ALIGN."""
+    widths = list(widths)
+    missing = padded_rows(sum(widths)) - sum(widths)
+    for i in range(len(widths) - 1, -1, -1):
+        extra = min(missing, spare[i])
+        widths[i] += extra
+        missing -= extra
+    if missing:
+        raise AssertionError("no idle rows left to pad the stack")
+    return widths
+
+
+class _Stack:
+    """The runs of K instances of one shape (M, N) and one sign, advanced together."""
+
+    def __init__(self, arrays, runs_by_instance, configs, w0, signed):
+        self.signed = signed
+        self.A = np.stack([A for A, _ in arrays])  # (K, M, N)
+        self.b = np.stack([b for _, b in arrays])  # (K, M)
+        K, M, N = self.A.shape
+        n = models.n_trainable(N, signed)
+        # depth blocks of slots: as wide as the instance with the most runs of that depth
+        depths = sorted({configs[i].depth for runs in runs_by_instance for i in runs})
+        count = np.array([[sum(configs[i].depth == L for i in runs) for runs in runs_by_instance]
+                          for L in depths])  # (blocks, K)
+        widths = _even_widths(count.max(axis=1).tolist(), [0] * (len(depths) - 1) + [ROW_ALIGN])
+        starts = np.cumsum([0, *widths])
+        B = int(starts[-1])
+        run = np.full((B, K), -1, dtype=np.int64)
+        depth = np.repeat(np.array(depths, dtype=np.int64), widths)[:, None].repeat(K, axis=1)
+        for k, runs in enumerate(runs_by_instance):
+            filled = dict.fromkeys(depths, 0)
+            for i in runs:
+                L = configs[i].depth
+                run[starts[depths.index(L)] + filled[L], k] = i
+                filled[L] += 1
+        real = run >= 0
+        cfg = {int(i): configs[i] for i in run[real]}
+
+        def per_row(value, fill, dtype):
+            out = np.full((B, K), fill, dtype=dtype)
+            out[real] = [value(cfg[int(i)]) for i in run[real]]
+            return out
+
+        v = np.zeros((B, K, n))
+        for j, k in zip(*np.nonzero(real)):
+            w = np.asarray(w0[run[j, k]], dtype=np.float64)
             if w.shape != (n,):
-                raise ValueError(f"run {i}: initial weights must have shape ({n},), got {w.shape}")
-            self.W[row] = w
-        self.r = np.sqrt(np.vecdot(self.W, self.W))
-        self.r0 = self.r.copy()
-        if np.any(self.is_wn & ~(self.r > 0)):
+                raise ValueError(f"run {run[j, k]}: initial weights must have shape ({n},), "
+                                 f"got {w.shape}")
+            v[j, k] = w
+        polar = per_row(lambda c: c.method == "wn", False, bool)
+        r0 = np.where(polar, np.sqrt(np.vecdot(v, v)), 1.0)
+        if np.any(polar & ~(r0 > 0)):
             raise ValueError("WN-GD needs initial weights with a positive norm")
-        self.D = self.W / np.where(self.is_wn, self.r, 1.0)[:, None]
-        self.eta = np.array([c.eta for c in cfg], dtype=np.float64)
-        self.eta_ratio = np.array([c.eta_ratio for c in cfg], dtype=np.float64)
-        self.normalized = np.array([c.schedule == "normalized" for c in cfg], dtype=bool)
-        self.max_iters = np.array([c.max_iters for c in cfg], dtype=np.int64)
-        self.tol = np.array([c.tol for c in cfg], dtype=np.float64)
+        self.rows = _Rows(
+            run=run, live=real.copy(), v=v, nu=r0.copy(), r=r0.copy(), r0=r0, polar=polar,
+            depth=depth,
+            eta=per_row(lambda c: c.eta, 0.0, np.float64),
+            eta_ratio=per_row(lambda c: c.eta_ratio, 1.0, np.float64),
+            normalized=per_row(lambda c: c.schedule == "normalized", False, bool),
+            max_iters=per_row(lambda c: c.max_iters, 1, np.int64),
+            tol=per_row(lambda c: c.tol, 0.0, np.float64),
+            loss_limit=np.full((B, K), np.inf),
+        )
+        self.blocks = [(L, slice(int(a), int(z))) for L, a, z in zip(depths, starts, starts[1:])
+                       if z > a]
         # loss curves: one column per iteration in the union of all runs' checkpoint sets
-        own = [checkpoint_iterations(c.max_iters, c.checkpoints) for c in configs]
+        self.runs = sorted(cfg)
+        local = {i: j for j, i in enumerate(self.runs)}
+        own = [checkpoint_iterations(cfg[i].max_iters, cfg[i].checkpoints) for i in self.runs]
         self.curve_its = np.unique(np.concatenate(own))
         self.curve_col = {int(k): j for j, k in enumerate(self.curve_its)}
-        self.curve_own = np.zeros((len(configs), len(self.curve_its)), dtype=bool)
-        for i, its in enumerate(own):
-            self.curve_own[i, np.searchsorted(self.curve_its, its)] = True
-        self.curve = np.full((len(configs), len(self.curve_its)), np.nan)
-        self.results: list[RunResult | None] = [None] * len(configs)
-        self.work = np.zeros(len(configs))  # iterations per run, to split the wall time
+        self.curve_own = np.zeros((len(self.runs), len(self.curve_its)), dtype=bool)
+        for j, its in enumerate(own):
+            self.curve_own[j, np.searchsorted(self.curve_its, its)] = True
+        self.curve = np.full((len(self.runs), len(self.curve_its)), np.nan)
+        self.local = np.full((B, K), -1, dtype=np.int64)  # row -> index into self.runs
+        self.local[real] = [local[int(i)] for i in run[real]]
+        self.results: dict[int, RunResult] = {}
         self._allocate()
 
     def _allocate(self) -> None:
-        """Scratch buffers and block slices for the current rows."""
-        cuts = np.flatnonzero(np.diff(self.code)) + 1
-        bounds = [0, *cuts.tolist(), len(self.code)] if len(self.code) else [0]
-        self.blocks = [
-            (*self.block_keys[self.code[start]], slice(start, stop))
-            for start, stop in zip(bounds[:-1], bounds[1:])
-        ]  # (method, depth, rows) with rows a slice
-        self.min_max_iters = int(self.max_iters.min()) if len(self.code) else 0
-        # "gd" sorts before "wn": the WN runs are the last rows
-        self.wn_rows = slice(int(np.count_nonzero(~self.is_wn)), len(self.code))
-        B, (M, N) = self.W.shape[0], self.A.shape
-        self.X = np.empty((B, N))  # (re)computed by _forward before any use
-        self.C = np.empty((B, N))
-        self.G = np.empty_like(self.W)
-        if not hasattr(self, "R") or self.R.shape[0] != B:
-            self.R = np.empty((B, M))
+        """Scratch arrays for the current grid."""
+        rows = self.rows
+        B, K, n = rows.v.shape
+        M, N = self.A.shape[1:]
+        self.any_polar = bool(rows.polar.any())
+        self.next_stop = int(rows.max_iters[rows.live].min(initial=0))
+        self.V_pow = np.empty_like(rows.v) if any(L > 2 for L, _ in self.blocks) else None
+        self.X = np.empty((B, K, N))  # x~ of v: v^L (signed: u^L - v^L of v's halves)
+        self.Z = np.empty((B, K, M))  # A x~(v)
+        self.R = np.empty((B, K, M))  # residuals A x~(w) - b
+        self.P = np.empty_like(rows.v)  # the step
+        self.C = np.empty((B, K, N)) if self.signed else self.P  # A^T (scaled residual)
+        self.flush_below = FLUSH_POWER ** (1.0 / rows.depth)
+
+    # --- one evaluation and one step, over every row of the stack -------------------------------
 
     def _forward(self) -> np.ndarray:
-        """Residuals R = A x~ - b into self.R (rows), returns the losses 1/2 ||R||^2."""
-        for _, depth, rows in self.blocks:
-            models.product(self.W[rows], depth, self.signed, out=self.X[rows])
-        np.matmul(self.X, self.AT, out=self.R)
-        self.R -= self.b
+        """x~(v) into X, A x~(v) into Z, the residuals R = A x~(w) - b = rho^L Z - b with
+        w = rho v; returns the losses (B, K). Keeps v^(L-1) per block and the row factors rho
+        for ``_step``."""
+        rows, X = self.rows, self.X
+        N = X.shape[2]
+        self.v_pow = []
+        for L, slots in self.blocks:
+            v = rows.v[slots]
+            v_pow = v if L == 2 else models.ipow(v, L - 1, out=self.V_pow[slots])
+            self.v_pow.append(v_pow)
+            if self.signed:
+                np.multiply(v_pow[..., :N], v[..., :N], out=X[slots])
+                X[slots] -= v_pow[..., N:] * v[..., N:]
+            else:
+                np.multiply(v_pow, v, out=X[slots])
+        np.matmul(X.transpose(1, 0, 2), self.A.swapaxes(1, 2), out=self.Z.transpose(1, 0, 2))
+        if self.any_polar:
+            rho = rows.r / rows.nu
+            self.rho_pow = np.empty_like(rho)  # rho^(L-1)
+            for L, slots in self.blocks:
+                models.ipow(rho[slots], L - 1, out=self.rho_pow[slots])
+            self.rho = rho
+            np.multiply(self.Z, (self.rho_pow * rho)[..., None], out=self.R)
+            self.R -= self.b
+        else:
+            np.subtract(self.Z, self.b, out=self.R)
         return 0.5 * np.vecdot(self.R, self.R)
 
-    def _update(self) -> None:
-        """One step of every run, from the residuals in self.R.
+    def _step(self) -> None:
+        """One step of every row, from the state left by ``_forward``.
 
-        The per-run step size is folded into the residual rows before the backward product, so
-        that G holds the step itself: eta grad f (GD) or eta_u r_k grad f (WN)."""
-        wn = self.wn_rows
-        scale = self.eta.copy()
-        scale[wn] = wn_tangential_rate(self.eta[wn], self.r0[wn], self.r[wn],
-                                       self.normalized[wn]) * self.r[wn]
-        self.R *= scale[:, None]
-        np.matmul(self.R, self.A, out=self.C)
-        for method, depth, rows in self.blocks:
-            W, G = self.W[rows], self.G[rows]
-            models.gradient(W, self.C[rows], depth, self.signed, out=G)
-            if method == "gd":
-                gd_step(W, G, out=W)
-                continue
-            r_next, d_next = wn_step(self.r[rows], self.D[rows], G, self.eta_ratio[rows],
-                                     out_d=self.D[rows])
-            self.r[rows] = r_next
-            np.multiply(d_next, r_next[:, None], out=W)
+        With w = rho v, grad f = L rho^(L-1) v^(L-1) * A^T R (signed: the second half negated).
+        The per-row factor of the step is folded into the residual rows before the backward
+        product, so that P holds the step itself: eta grad f (GD), or for WN the scaled step
+        nu p / (1 + radial) of ``wn_scaled_step`` with p = eta_u r grad f. Its radial part needs
+        no extra pass over v: <d, p> = (a / nu) <v, v^(L-1) * A^T R> = (a / nu) <A x~(v), R>
+        with a = eta_u r L rho^(L-1)."""
+        rows = self.rows
+        if self.any_polar:
+            eta_u = wn_tangential_rate(rows.eta, rows.r0, rows.r, rows.normalized)
+            a = eta_u * rows.r * rows.depth * self.rho_pow
+            radial = np.where(rows.polar, a / rows.nu * np.vecdot(self.Z, self.R), 0.0)
+            scale = np.where(rows.polar, a * rows.nu / (1.0 + radial), rows.eta * rows.depth)
+        else:
+            scale = rows.eta * rows.depth
+        self.R *= scale[..., None]
+        np.matmul(self.R.transpose(1, 0, 2), self.A, out=self.C.transpose(1, 0, 2))
+        N = self.C.shape[2]
+        for (L, slots), v_pow in zip(self.blocks, self.v_pow):
+            if self.signed:
+                np.multiply(v_pow[..., :N], self.C[slots], out=self.P[slots, :, :N])
+                np.multiply(v_pow[..., N:], self.C[slots], out=self.P[slots, :, N:])
+                np.negative(self.P[slots, :, N:], out=self.P[slots, :, N:])
+            else:
+                self.P[slots] *= v_pow
+        if self.any_polar:
+            rows.r, nu, _ = wn_scaled_step(rows.r, rows.nu, rows.v, self.P, radial,
+                                           rows.eta_ratio, out_v=rows.v)
+            rows.nu = np.where(rows.polar, nu, 1.0)
+        else:
+            gd_step(rows.v, self.P, out=rows.v)
 
     def _flush_tiny(self) -> None:
-        """Zero the entries that would otherwise become subnormal (see FLUSH_POWER)."""
-        for method, depth, rows in self.blocks:
-            state = self.D[rows] if method == "wn" else self.W[rows]
-            np.putmask(state, np.abs(state) < FLUSH_POWER ** (1.0 / depth), 0.0)
+        """Normalize the WN directions (v = d, nu = 1), then zero the entries that would otherwise
+        become subnormal (see FLUSH_POWER)."""
+        rows = self.rows
+        if self.any_polar:
+            rows.v /= rows.nu[..., None]
+            rows.nu = np.ones_like(rows.nu)
+        np.copyto(rows.v, 0.0, where=np.abs(rows.v) < self.flush_below[..., None])
 
-    def run(self) -> list[RunResult]:
+    # --- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> dict[int, RunResult]:
+        """Advance every run to its stop; results keyed by the run's position in the caller's
+        lists."""
         t_start = time.perf_counter()
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             k = 0
             loss = self._forward()
-            self.loss_limit = DIVERGENCE_FACTOR * loss
+            self.rows.loss_limit = np.where(self.rows.live, DIVERGENCE_FACTOR * loss, np.inf)
             self._record(k, loss)
             self._finish(k, loss)
-            while self.idx.size:
-                self._update()
+            while self.rows.live.any():
+                self._step()
                 k += 1
                 if k % FLUSH_EVERY == 0:
                     self._flush_tiny()
@@ -267,45 +498,81 @@ class _Group:
                     self._record(k, loss)
                 self._finish(k, loss)
         elapsed = time.perf_counter() - t_start
-        total = max(self.work.sum(), 1.0)
-        for i, result in enumerate(self.results):
-            result.seconds = elapsed * self.work[i] / total
-        return self.results  # type: ignore[return-value]
+        total = max(sum(result.iterations for result in self.results.values()), 1)
+        for result in self.results.values():
+            result.seconds = elapsed * result.iterations / total
+        return self.results
 
     def _record(self, k: int, loss: np.ndarray) -> None:
-        self.curve[self.idx, self.curve_col[k]] = loss
+        live = self.rows.live
+        self.curve[self.local[live], self.curve_col[k]] = loss[live]
 
     def _finish(self, k: int, loss: np.ndarray) -> None:
-        """Close the runs that stop at iteration k and drop their rows."""
-        # NaN compares False, so `ok` is also False for non-finite losses. GD rows keep r = r0 > 0;
-        # a WN row whose r leaves (0, inf) has broken its polar coordinates: diverged too.
-        ok = (loss <= self.loss_limit) & (self.r > 0)
-        done = ~ok | (loss <= self.tol)
-        if k >= self.min_max_iters:
-            done |= self.max_iters <= k
+        """Close the runs that stop at iteration k, turn their rows idle, and re-pack the stack
+        if that pays (see REPACK_FRACTION)."""
+        rows = self.rows
+        # NaN compares False, so `ok` is also False for non-finite losses. GD rows keep r = 1; a
+        # WN row whose r leaves (0, inf) has broken its polar coordinates: diverged too.
+        ok = loss <= rows.loss_limit
+        if self.any_polar:
+            ok &= rows.r > 0
+        converged = ok & (loss <= rows.tol)
+        stop = ~ok | converged
+        if k >= self.next_stop:
+            stop |= rows.max_iters <= k
+        done = rows.live & stop
         if not done.any():
             return
-        diverged = ~ok
-        converged = ok & (loss <= self.tol)
-        for row in np.flatnonzero(done):
-            i = int(self.idx[row])
-            status = "diverged" if diverged[row] else "converged" if converged[row] else "max_iters"
-            own = self.curve_own[i] & (self.curve_its < k)
-            wn = bool(self.is_wn[row])
+        for j, kk in zip(*np.nonzero(done)):
+            i, local = int(rows.run[j, kk]), int(self.local[j, kk])
+            status = "diverged" if not ok[j, kk] else "converged" if converged[j, kk] else "max_iters"
+            own = self.curve_own[local] & (self.curve_its < k)
+            wn = bool(rows.polar[j, kk])
+            rho = self.rho[j, kk] if wn else 1.0
             self.results[i] = RunResult(
                 status=status,
                 iterations=k,
-                loss_final=float(loss[row]),
-                x_final=self.X[row].copy(),
-                w_final=self.W[row].copy(),
-                r0=float(self.r0[row]) if wn else None,
-                r_final=float(self.r[row]) if wn else None,
+                loss_final=float(loss[j, kk]),
+                x_final=self.X[j, kk] * (self.rho_pow[j, kk] * rho) if wn else self.X[j, kk].copy(),
+                w_final=rows.v[j, kk] * rho if wn else rows.v[j, kk].copy(),
+                r0=float(rows.r0[j, kk]) if wn else None,
+                r_final=float(rows.r[j, kk]) if wn else None,
                 curve_iter=np.append(self.curve_its[own], k).astype(np.int64),
-                curve_loss=np.append(self.curve[i, own], loss[row]),
+                curve_loss=np.append(self.curve[local, own], loss[j, kk]),
                 seconds=0.0,
             )
-            self.work[i] = k
-        keep = ~done
-        for name in self._ROW_STATE:
-            setattr(self, name, getattr(self, name)[keep])
+        rows.idle(done)
+        self.next_stop = int(rows.max_iters[rows.live].min(initial=0))
+        self._repack()
+
+    def _repack(self) -> None:
+        """Drop idle rows when that shrinks the grid to REPACK_FRACTION or less: instances with
+        no live run leave the stack, and each depth block keeps as many slots as its fullest
+        instance needs (live rows first, in their order, then idle ones)."""
+        rows = self.rows
+        B, K = rows.live.shape
+        keep = np.flatnonzero(rows.live.any(axis=0))
+        if keep.size == 0:
+            return
+        live = rows.live[:, keep]
+        old = [slots.stop - slots.start for _, slots in self.blocks]
+        new = [int(live[slots].sum(axis=0).max()) for _, slots in self.blocks]
+        new = _even_widths(new, [o - w for o, w in zip(old, new)])
+        if keep.size * sum(new) > REPACK_FRACTION * K * B:
+            return
+        # within a block, idle rows are interchangeable, so each block fills up from its own rows
+        parts, blocks, start = [], [], 0
+        for (L, slots), width in zip(self.blocks, new):
+            if width:
+                order = np.argsort(~live[slots], axis=0, kind="stable")[:width]
+                parts.append(order + slots.start)
+                blocks.append((L, slice(start, start + width)))
+                start += width
+        index = (np.concatenate(parts), keep[None, :])
+        self.rows = rows.take(index)
+        self.local = self.local[index]
+        self.blocks = blocks
+        self.A = self.A[keep]
+        self.b = self.b[keep]
         self._allocate()
+        self._forward()  # the scratch arrays of the new grid, for the next step

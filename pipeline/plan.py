@@ -10,9 +10,9 @@ Seeds. Each instance's seed comes from numpy's SeedSequence(master seed, spawn_k
 parameters and trial); the instance's A, x* and its random init direction derive from that seed
 alone, never from execution order or worker identity.
 
-Tasks. A task holds whole instances (one basis-pursuit solve per instance, all of an instance's
-runs in one batch) and is sized by a cost model to take seconds to about a minute. Its id hashes
-its run_ids, so a shard's name says which runs it holds.
+Tasks. A task holds whole instances (one basis-pursuit solve per instance; the engine stacks the
+runs of all its instances of one shape) and is sized by a cost model to take seconds to about a
+minute. Its id hashes its run_ids, so a shard's name says which runs it holds.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,13 +32,21 @@ from pipeline.spec import SweepSpec
 
 _SIGN_CODE = {"nonneg": 0, "signed": 1}
 
-#: Cost model of the batched engine, per step of a batch: fixed overhead plus the useful flops
-#: (benchmarks/engine.py measures 16-24 GFLOP/s at batches of 256-1024 runs on one core).
+#: Cost model of the stacked engine (pipeline/dynamics.py), calibrated with benchmarks/engine.py on
+#: one core: each run-step costs its products, 4*M*N flops at EFFECTIVE_FLOPS (12-35 GFLOP/s
+#: measured at 6-24 runs per instance), plus ENTRY_SECONDS per trainable entry (the element-wise
+#: passes); each step of a stack has a fixed cost (~40 numpy calls) shared by all its rows. The
+#: rates are the loaded machine's, so estimates are upper bounds (as is every run taking its
+#: full max_iters: runs that converge leave the stack early).
+EFFECTIVE_FLOPS = 1.2e10
+ENTRY_SECONDS = 5e-9
 STEP_OVERHEAD_SECONDS = 1.0e-4
-EFFECTIVE_FLOPS = 2.0e10
 BP_SECONDS = 0.05
 #: Default wall time a task aims at (estimated by the cost model above).
 TASK_SECONDS = 20.0
+#: A task is not cut smaller than the work whose step overhead is this share of it (unless the
+#: caller's ``task_seconds`` asks for it): smaller tasks would spend their time on numpy calls.
+MAX_OVERHEAD_SHARE = 0.5
 
 
 def _hash(payload: dict, prefix: str, length: int = 20) -> str:
@@ -118,29 +127,38 @@ class Plan:
 
     def tasks(self, done: frozenset[str] | set[str] = frozenset(),
               task_seconds: float = TASK_SECONDS, min_tasks: int = 1) -> list[Task]:
-        """Tasks computing every run not in ``done``; instances packed greedily up to about
-        ``task_seconds`` of estimated work per task, or less when that would give fewer than
-        ``min_tasks`` tasks (so that every worker gets work). An instance is never split, and the
-        grouping does not change any result: each instance's runs form their own batches."""
+        """Tasks computing every run not in ``done``: whole instances (an instance is never
+        split), in plan order, packed greedily into tasks of about equal estimated work, each at
+        most ``task_seconds`` (or one instance). There are at least ``min_tasks`` tasks (so that
+        every worker gets work) unless that would make a task so small that the engine's fixed
+        cost per step exceeds MAX_OVERHEAD_SHARE of its work (a task's instances share that
+        cost: the more runs per engine call, the faster each run). The grouping does not change
+        any result: a run's numbers do not depend on what else shares its engine call."""
         by_instance: dict[str, list[Run]] = {}
         for run in self.runs:
             if run.run_id not in done:
                 by_instance.setdefault(run.instance_id, []).append(run)
         pending = [(inst, by_instance[inst.instance_id]) for inst in self.instances
                    if inst.instance_id in by_instance]
+        if not pending:
+            return []
         costs = [instance_cost(inst, runs) for inst, runs in pending]
-        target = min(task_seconds, sum(costs) / max(min_tasks, 1))
+        total = sum(costs)
+        steps = max(r.max_iters for _, runs in pending for r in runs)
+        floor = steps * STEP_OVERHEAD_SECONDS / MAX_OVERHEAD_SHARE
+        target = min(task_seconds, max(total / max(min_tasks, 1), floor))
+        n_tasks = min(len(pending), max(1, math.ceil(total / target - 1e-9)))
+        share = total / n_tasks * (1 + 1e-9)  # equal shares: the last task is not a remainder
         tasks: list[Task] = []
         batch: list[tuple[InstanceKey, list[Run]]] = []
         cost = 0.0
         for (inst, runs), c in zip(pending, costs):
-            if batch and cost + c > target:
-                tasks.append(self._task(batch, cost))
+            if batch and cost + c > share:
+                tasks.append(self._task(batch, cost + steps * STEP_OVERHEAD_SECONDS))
                 batch, cost = [], 0.0
             batch.append((inst, runs))
             cost += c
-        if batch:
-            tasks.append(self._task(batch, cost))
+        tasks.append(self._task(batch, cost + steps * STEP_OVERHEAD_SECONDS))
         return tasks
 
     def _task(self, batch: list[tuple[InstanceKey, list[Run]]], cost: float) -> Task:
@@ -158,17 +176,35 @@ class Plan:
         )
 
 
+def run_step_seconds(M: int, N: int, signed: bool) -> float:
+    """Estimated seconds of one step of one run in a stack (its share of a step's fixed cost
+    aside): its two products with A and its element-wise passes."""
+    n = 2 * N if signed else N
+    return 4.0 * M * N / EFFECTIVE_FLOPS + n * ENTRY_SECONDS
+
+
 def instance_cost(inst: InstanceKey, runs: list[Run]) -> float:
-    """Estimated seconds for one instance: a BP solve plus its runs in one batch, every run taking
-    its full max_iters (an upper bound: runs that converge leave the batch early)."""
-    steps = max(r.max_iters for r in runs)
-    if inst.family == "twolayer":  # per step: two GEMMs with A, then U V^T and the gradients
-        K = inst.params.get("outputs") or 1
-        flops = sum((4.0 * inst.M * inst.N * K + 6.0 * inst.N * K * r.width) * r.max_iters
-                    for r in runs)
-        return steps * STEP_OVERHEAD_SECONDS + flops / EFFECTIVE_FLOPS
-    flops = 4.0 * inst.M * inst.N * sum(r.max_iters for r in runs)
-    return BP_SECONDS + steps * STEP_OVERHEAD_SECONDS + flops / EFFECTIVE_FLOPS
+    """Estimated seconds for one instance: a BP solve plus its runs in a stack, every run taking
+    its full max_iters (an upper bound: runs that converge leave the stack early). A twolayer
+    instance has no BP solve and runs in its own engine calls, one per width
+    (``twolayer.run_batch``), so it also pays their step overhead."""
+    if inst.family == "twolayer":
+        return _twolayer_cost(inst, runs)
+    iterations = sum(r.max_iters for r in runs)
+    return BP_SECONDS + iterations * run_step_seconds(inst.M, inst.N, inst.signed)
+
+
+def _twolayer_cost(inst: InstanceKey, runs: list[Run]) -> float:
+    """Per run-step: the two GEMMs with A (4 M N K flops), U V^T and the two gradients
+    (6 N K h flops) and the element-wise passes over its (N + K) h weights; per step of each
+    width's call, the fixed overhead."""
+    K = inst.params.get("outputs") or 1
+    seconds = sum(r.max_iters * ((4.0 * inst.M * inst.N * K + 6.0 * inst.N * K * r.width)
+                                 / EFFECTIVE_FLOPS + (inst.N + K) * r.width * ENTRY_SECONDS)
+                  for r in runs)
+    widths = {r.width for r in runs}
+    steps = sum(max(r.max_iters for r in runs if r.width == w) for w in widths)
+    return seconds + steps * STEP_OVERHEAD_SECONDS
 
 
 def instance_seed(master_seed: int, spawn_key: tuple[int, ...]) -> int:

@@ -20,10 +20,6 @@ from pipeline import (dynamics, initialization, metrics, models, problems, refer
 from pipeline.parameters import INSTANCE_PARAMS, RUN_PARAMS
 from pipeline.plan import InstanceKey, Run, Task
 
-#: The most runs one engine call holds; larger instances are cut into batches of this size.
-MAX_BATCH = 1024
-
-
 @dataclass
 class TaskResult:
     """The two shards of one task, as Arrow tables with the shard schemas."""
@@ -53,40 +49,65 @@ def run_task(task: Task, problem_bytes: bytes | None = None, node: str | None = 
 
 
 def _run_task(task: Task, problem_bytes: bytes | None, node: str) -> TaskResult:
+    """The task's instances go to the engine in calls of one shape and sign (``_engine_calls``);
+    the rows come out in the order of ``task.instances``, each instance's runs in task order."""
     runs_by_instance: dict[str, list[Run]] = {}
     for run in task.runs:
         runs_by_instance.setdefault(run.instance_id, []).append(run)
-    run_rows: list[dict] = []
-    instance_rows: list[dict] = []
-    for inst in task.instances:
+    run_rows: dict[str, list[dict]] = {}
+    instance_rows: dict[str, dict] = {}
+    for inst in task.instances:  # the two-layer family: its own engine (pipeline.twolayer)
         if inst.family == "twolayer":
-            instance_row, rows = _run_twolayer(task, inst, runs_by_instance[inst.instance_id],
-                                               node)
-            instance_rows.append(instance_row)
-            run_rows += rows
-            continue
-        problem = load_problem(inst, problem_bytes)
-        bp = reference.basis_pursuit(problem.A, problem.b, nonneg=not inst.signed,
-                                     solver=task.bp_solver)
-        instance_rows.append(_instance_row(inst, problem, bp))
-        runs = runs_by_instance[inst.instance_id]
-        predict = Predictions(problem, inst.signed)
-        for start in range(0, len(runs), MAX_BATCH):
-            batch = runs[start:start + MAX_BATCH]
-            w0 = _initial_weights(inst, problem, batch)
-            results = dynamics.run_batch(problem.A, problem.b, [_config(inst, r) for r in batch],
-                                         w0)
-            for run, w, result in zip(batch, w0, results):
+            instance_rows[inst.instance_id], run_rows[inst.instance_id] = _run_twolayer(
+                task, inst, runs_by_instance[inst.instance_id], node)
+    diagonal = tuple(inst for inst in task.instances if inst.family != "twolayer")
+    for call in _engine_calls(diagonal, runs_by_instance):
+        loaded = [load_problem(inst, problem_bytes) for inst in call]
+        bps = [reference.basis_pursuit(problem.A, problem.b, nonneg=not inst.signed,
+                                       solver=task.bp_solver)
+               for inst, problem in zip(call, loaded)]
+        instance_of_run, configs, w0 = [], [], []
+        for k, (inst, problem) in enumerate(zip(call, loaded)):
+            runs = runs_by_instance[inst.instance_id]
+            instance_of_run += [k] * len(runs)
+            configs += [_config(inst, r) for r in runs]
+            w0 += _initial_weights(inst, problem, runs)
+        results = iter(zip(w0, dynamics.run_stack([(p.A, p.b) for p in loaded],
+                                                  instance_of_run, configs, w0)))
+        for inst, problem, bp in zip(call, loaded, bps):
+            instance_rows[inst.instance_id] = _instance_row(inst, problem, bp)
+            predict = Predictions(problem, inst.signed)
+            rows = run_rows[inst.instance_id] = []
+            for run in runs_by_instance[inst.instance_id]:
+                w, result = next(results)
                 row = _run_row(task, inst, problem, bp, run, result, node)
                 row.update(_prediction_columns(predict(run, w, result), result, bp,
                                                task.save_solutions))
-                run_rows.append(row)
+                rows.append(row)
     meta = {schema.META_SPEC_HASH: task.spec_hash.encode(), schema.META_TASK: task.task_id.encode()}
     return TaskResult(
         task_id=task.task_id,
-        runs=_table(run_rows, schema.RUNS_SCHEMA, meta),
-        instances=_table(instance_rows, schema.INSTANCES_SCHEMA, meta),
+        runs=_table([row for inst in task.instances for row in run_rows[inst.instance_id]],
+                    schema.RUNS_SCHEMA, meta),
+        instances=_table([instance_rows[inst.instance_id] for inst in task.instances],
+                         schema.INSTANCES_SCHEMA, meta),
     )
+
+
+def _engine_calls(instances: tuple[InstanceKey, ...],
+                  runs_by_instance: dict[str, list[Run]]) -> list[list[InstanceKey]]:
+    """The instances of one engine call each: same (M, N, sign), at most dynamics.CALL_BYTES of
+    stacked arrays (large-N instances go fewer per call), in task order within a call. Only one
+    call's instances are generated at a time."""
+    groups: dict[tuple[int, int, str], list[InstanceKey]] = {}
+    for inst in instances:
+        groups.setdefault((inst.M, inst.N, inst.sign), []).append(inst)
+    calls = []
+    for (M, N, sign), members in groups.items():
+        counts = [len(runs_by_instance[inst.instance_id]) for inst in members]
+        for part in dynamics.split_stacks(counts, M, N, sign == "signed", dynamics.CALL_BYTES):
+            calls.append(members[part])
+    return calls
 
 
 def _config(inst: InstanceKey, run: Run) -> dynamics.RunConfig:
@@ -148,6 +169,11 @@ def _instance_columns(inst: InstanceKey, problem: problems.Instance) -> dict:
 
 # --------------------------------------------------------------------- the two-layer family
 
+#: The most runs of one two-layer instance per engine call (their initial weights are held at
+#: once; ``twolayer.run_batch`` advances them in cache-sized chunks of one width).
+TWOLAYER_CALL_RUNS = 256
+
+
 def _twolayer_config(run: Run) -> twolayer.TwoLayerConfig:
     """The engine settings of a two-layer run: its width, and every parameter with an ``engine``
     field that the two-layer engine takes (eta, max_iters, tol, checkpoints)."""
@@ -171,7 +197,7 @@ def _run_twolayer(task: Task, inst: InstanceKey, runs: list[Run],
                   node: str) -> tuple[dict, list[dict]]:
     """The instance row and the run rows of one two-layer instance: the instance from its seed
     (``twolayer.generate_instance``), the reference P* = A^+ Y, every run through the batched
-    engine (``twolayer.run_batch``, MAX_BATCH runs per call). Diagonal-only columns are null."""
+    engine (``twolayer.run_batch``, TWOLAYER_CALL_RUNS runs per call). Diagonal-only columns are null."""
     K = inst.params["outputs"]
     problem = twolayer.generate_instance(inst.M, inst.N, K, inst.seed, sparsity=inst.s)
     A, Y, X_star = problem.A, problem.Y, problem.X_star
@@ -183,8 +209,8 @@ def _run_twolayer(task: Task, inst: InstanceKey, runs: list[Run],
         "bp_error_truth": None, "x_star": X_star.ravel().tolist(), "x_l1": None,
     }
     rows: list[dict] = []
-    for start in range(0, len(runs), MAX_BATCH):
-        batch = runs[start:start + MAX_BATCH]
+    for start in range(0, len(runs), TWOLAYER_CALL_RUNS):
+        batch = runs[start:start + TWOLAYER_CALL_RUNS]
         U0s, V0s = _twolayer_weights(inst, A, K, batch)
         results = twolayer.run_batch(A, Y, [_twolayer_config(r) for r in batch], U0s, V0s)
         rows += [_twolayer_row(task, inst, run, result, P_ref, X_star, node)

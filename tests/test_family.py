@@ -151,10 +151,12 @@ def test_mixed_plan_keeps_the_diagonal_run_ids_and_makes_wn_for_diagonal_only():
 
 
 def _rows(doc: dict) -> tuple:
+    """(plan, runs, instances) of a sweep computed in this process, every task of it."""
     plan = make_plan(_spec(doc))
-    [task] = plan.tasks()
-    result = run_task(task)
-    return plan, result.runs.to_pandas(), result.instances.to_pandas()
+    results = [run_task(task) for task in plan.tasks()]
+    runs = pd.concat([r.runs.to_pandas() for r in results], ignore_index=True)
+    instances = pd.concat([r.instances.to_pandas() for r in results], ignore_index=True)
+    return plan, runs, instances
 
 
 def test_batched_task_matches_one_run_at_a_time():
