@@ -304,12 +304,23 @@ def summarize(plan: Plan, tasks: list[Task]) -> str:
         f"sweep {spec.name} ({spec.source}), spec hash {spec.spec_hash[:12]}",
         f"runs:      {len(plan.runs)} ("
         + ", ".join(f"{m} {n}" for m, n in sorted(by_method.items())) + ")",
-        f"instances: {len(plan.instances)} (one basis-pursuit solve each)",
+        f"instances: {len(plan.instances)} ({_instance_note(plan)})",
         f"to run:    {todo} runs in {len(tasks)} tasks",
         f"cost:      at most ~{_duration(cpu)} of CPU time (every run to max_iters); "
         f"~{_duration(cpu / 2)} on 2 CPUs",
     ]
     return "\n".join(lines)
+
+
+def _instance_note(plan: Plan) -> str:
+    """What the instances need besides their runs: a basis-pursuit solve per diagonal instance."""
+    twolayer = sum(inst.family == "twolayer" for inst in plan.instances)
+    if not twolayer:
+        return "one basis-pursuit solve each"
+    if twolayer == len(plan.instances):
+        return "twolayer: reference A^+ Y, no basis-pursuit solve"
+    return (f"{len(plan.instances) - twolayer} diagonal with a basis-pursuit solve each, "
+            f"{twolayer} twolayer")
 
 
 def _duration(seconds: float) -> str:
