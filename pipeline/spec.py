@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pipeline.parameters import (BY_NAME, FAMILIES, INSTANCE_PARAMS, METHOD_FAMILIES,
+from pipeline.parameters import (BY_NAME, INSTANCE_PARAMS, METHOD_FAMILIES,
                                  METHOD_KEYS, METHODS, PARAMS, REQUIRED, RUN_PARAMS,
                                  SHARED_RUN_PARAMS, Param, identity_value, is_default)
 
@@ -569,9 +569,13 @@ def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None)
 
     by_family = {f: {**{name: v.family_values(BY_NAME[name], values, f)
                         for name, values in axes.items()}, "family": (f,)} for f in families}
+    # with several families, an omitted key with per-family defaults is not the list of those
+    # defaults (each family gets its own): it stays out of the canonical spec
+    per_family = {name for name in axes if BY_NAME[name].by_family and name not in v.given} \
+        if len(families) > 1 else set()
     canonical = {
         "name": name, "description": description, "seed": seed, "trials": trials,
-        **_canonical_axes(problem, axes, methods),
+        **_canonical_axes(problem, axes, methods, omit=per_family),
         "reference": {"solver": solver},
         "output": {"save_solutions": save},
     }
@@ -586,10 +590,11 @@ def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None)
 
 
 def _canonical_axes(problem: ProblemSpec, axes: dict[str, tuple],
-                    methods: tuple[MethodSpec, ...]) -> dict:
+                    methods: tuple[MethodSpec, ...], omit: set[str] = frozenset()) -> dict:
     """The parameters' part of the canonical spec: ``{section: {key: [values]}}`` (a single
     value for single-valued settings). A parameter added after wnsweep 0.1 appears only when
-    it differs from its default, so that the hash of an older sweep file does not change."""
+    it differs from its default, so that the hash of an older sweep file does not change. A
+    parameter no family of the sweep takes does not appear, nor do the parameters in ``omit``."""
     out: dict[str, dict] = {"problem": {}, "model": {}, "init": {}, "methods": {}, "train": {}}
     if problem.file is not None:
         out["problem"]["sha256"] = problem.file_sha256
@@ -602,7 +607,7 @@ def _canonical_axes(problem: ProblemSpec, axes: dict[str, tuple],
         target[p.key] = list(values) if p.axis else values[0]
 
     for p in PARAMS:
-        if p.name in axes:
+        if p.name in axes and p.name not in omit:
             put(out[p.section], p, axes[p.name])
     for m in methods:
         target = out["methods"].setdefault(m.name, {})

@@ -262,3 +262,14 @@ def test_a_mixed_folder_loads_and_reports(tmp_path: Path):
     assert set(summary.family) == {"diagonal", "twolayer"}
     assert summary.loc[summary.family == "twolayer", "error_min_norm_median"].notna().all()
     assert BY_NAME["width"].name in summary.columns
+
+
+def test_spec_hash_tells_given_schemes_from_per_family_defaults():
+    omitted = _spec(MIXED)
+    given = _spec(_doc(MIXED, init={"scheme": ["constant", "random"]}))
+    assert omitted.axes["init"] == given.axes["init"] == ("constant", "random")
+    assert omitted.by_family["diagonal"]["init"] != given.by_family["diagonal"]["init"]
+    assert omitted.spec_hash != given.spec_hash
+    assert make_plan(omitted).run_ids < make_plan(given).run_ids
+    # one family: an omitted scheme is that family's default, the same content as giving it
+    assert _spec(TWOLAYER).spec_hash == _spec(_doc(TWOLAYER, init={"scheme": "random"})).spec_hash
