@@ -262,7 +262,10 @@ def _instances(spec: SweepSpec) -> list[InstanceKey]:
         axes = {**spec.family_axes(family), "family": (family,)}
         names = [q.name for q in INSTANCE_PARAMS if q.name in axes]
         for values in itertools.product(*(axes[name] for name in names)):
-            out += _instances_of(spec, dict(zip(names, values)))
+            # every instance parameter is in params: None where the sweep has no axis of it
+            # (a generated problem's parameters for an instance file)
+            params = {**{q.name: None for q in INSTANCE_PARAMS}, **dict(zip(names, values))}
+            out += _instances_of(spec, params)
     return out
 
 

@@ -273,3 +273,19 @@ def test_spec_hash_tells_given_schemes_from_per_family_defaults():
     assert make_plan(omitted).run_ids < make_plan(given).run_ids
     # one family: an omitted scheme is that family's default, the same content as giving it
     assert _spec(TWOLAYER).spec_hash == _spec(_doc(TWOLAYER, init={"scheme": "random"})).spec_hash
+
+
+def test_an_instance_file_sweep_is_diagonal_with_null_twolayer_columns(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((5, 12)) / np.sqrt(5)
+    x_star = np.zeros(12)
+    x_star[[1, 7]] = [1.0, 0.5]
+    np.savez(tmp_path / "inst.npz", A=A, b=A @ x_star, x_star=x_star)
+    doc = _doc(DIAGONAL, problem={"M": None, "N": None, "sparsity": None, "file": "inst.npz"})
+    spec = parse_spec(yaml.safe_dump(doc), source="file.yaml", base_dir=str(tmp_path))
+    plan = make_plan(spec)
+    assert all(i.params["outputs"] is None and i.family == "diagonal" for i in plan.instances)
+    runs = pd.concat([run_task(t).runs.to_pandas() for t in plan.tasks()])
+    assert len(runs) == 2 and (runs.family == "diagonal").all() and runs.outputs.isna().all()
+    assert runs.width.isna().all() and runs.error_min_norm.isna().all()
+    assert runs.error_l1.notna().all()
