@@ -39,7 +39,8 @@ LABELS = {
     "log_ratio": r"$\log_{10}$ median(err GD / err WN-GD)" "\n" r"($>0$: WN-GD closer to min-$\ell_1$)",
     "eta": r"step size $\eta$",
     "width": "hidden width $h$",
-    "error_min_norm": r"$\|UV^\top - A^+Y\|_F / \|A^+Y\|_F$" "\n(distance to the min-norm solution)",
+    "error_min_norm": r"$\|UV^\top - A^+Y\|_F / \|A^+Y\|_F$"
+    "\n(distance to the min-norm solution)",
     "imbalance": r"imbalance $\lambda$ ($U_0 \cdot e^{\lambda/2}$, $V_0 \cdot e^{-\lambda/2}$)",
     "rate": "fitted loss rate per step\n(loss ~ exp(-rate k)), median, IQR band",
     "log_pred_error": r"$\log_{10}$ median $\|\tilde x_T - x_{\mathrm{flow}}\|_2 / \|x_{\mathrm{flow}}\|_2$"

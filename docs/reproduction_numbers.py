@@ -2,7 +2,8 @@
 small versions of their figures to docs/figures/.
 
     for s in quickstart claim1-alpha claim2-loss claim3-eta-ratio claim4-depth claim5-signed \
-             robustness minnorm-width minnorm-imbalance; do wnsweep run sweeps/$s.yaml && wnsweep report results/$s; done
+             robustness minnorm-width minnorm-imbalance; do
+        wnsweep run sweeps/$s.yaml && wnsweep report results/$s; done
     python docs/reproduction_numbers.py            # reads results/<name>, writes docs/figures/
 """
 
@@ -135,7 +136,8 @@ def main() -> None:
 
 def minnorm_width(c: pd.DataFrame) -> None:
     """The two-layer family: error_min_norm against width (random: fitted log-log slope of the
-    medians per alpha; range: the largest distance of a converged run), and the rate at lambda = 0."""
+    medians per alpha; range: the largest distance of a converged run), and the rate at
+    lambda = 0."""
     from analysis.plots import loglog_slope
 
     conv = c[c.status == "converged"]

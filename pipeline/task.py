@@ -197,7 +197,8 @@ def _run_twolayer(task: Task, inst: InstanceKey, runs: list[Run],
                   node: str) -> tuple[dict, list[dict]]:
     """The instance row and the run rows of one two-layer instance: the instance from its seed
     (``twolayer.generate_instance``), the reference P* = A^+ Y, every run through the batched
-    engine (``twolayer.run_batch``, TWOLAYER_CALL_RUNS runs per call). Diagonal-only columns are null."""
+    engine (``twolayer.run_batch``, TWOLAYER_CALL_RUNS runs per call). Diagonal-only columns
+    are null."""
     K = inst.params["outputs"]
     problem = twolayer.generate_instance(inst.M, inst.N, K, inst.seed, sparsity=inst.s)
     A, Y, X_star = problem.A, problem.Y, problem.X_star
