@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.parameters import INSTANCE_PARAMS, RUN_PARAMS, SHARED_RUN_PARAMS, identity_items
+from pipeline.parameters import (INSTANCE_PARAMS, METHOD_FAMILIES, RUN_PARAMS, SHARED_RUN_PARAMS,
+                                 identity_items)
 from pipeline.spec import SweepSpec
 
 _SIGN_CODE = {"nonneg": 0, "signed": 1}
@@ -81,6 +82,10 @@ class InstanceKey(_Params):
     @property
     def signed(self) -> bool:
         return self.params["sign"] == "signed"
+
+    @property
+    def family(self) -> str:
+        return self.params.get("family") or "diagonal"
 
 
 @dataclass(frozen=True)
@@ -180,9 +185,26 @@ def run_step_seconds(M: int, N: int, signed: bool) -> float:
 
 def instance_cost(inst: InstanceKey, runs: list[Run]) -> float:
     """Estimated seconds for one instance: a BP solve plus its runs in a stack, every run taking
-    its full max_iters (an upper bound: runs that converge leave the stack early)."""
+    its full max_iters (an upper bound: runs that converge leave the stack early). A twolayer
+    instance has no BP solve and runs in its own engine calls, one per width
+    (``twolayer.run_batch``), so it also pays their step overhead."""
+    if inst.family == "twolayer":
+        return _twolayer_cost(inst, runs)
     iterations = sum(r.max_iters for r in runs)
     return BP_SECONDS + iterations * run_step_seconds(inst.M, inst.N, inst.signed)
+
+
+def _twolayer_cost(inst: InstanceKey, runs: list[Run]) -> float:
+    """Per run-step: the two GEMMs with A (4 M N K flops), U V^T and the two gradients
+    (6 N K h flops) and the element-wise passes over its (N + K) h weights; per step of each
+    width's call, the fixed overhead."""
+    K = inst.params.get("outputs") or 1
+    seconds = sum(r.max_iters * ((4.0 * inst.M * inst.N * K + 6.0 * inst.N * K * r.width)
+                                 / EFFECTIVE_FLOPS + (inst.N + K) * r.width * ENTRY_SECONDS)
+                  for r in runs)
+    widths = {r.width for r in runs}
+    steps = sum(max(r.max_iters for r in runs if r.width == w) for w in widths)
+    return seconds + steps * STEP_OVERHEAD_SECONDS
 
 
 def instance_seed(master_seed: int, spawn_key: tuple[int, ...]) -> int:
@@ -192,23 +214,27 @@ def instance_seed(master_seed: int, spawn_key: tuple[int, ...]) -> int:
 
 
 def make_plan(spec: SweepSpec) -> Plan:
-    """Expand the sweep: instances (instance parameters x trials), then per instance the runs
-    (the shared run axes, then each method in file order with its own axes), every product in
-    the order of ``pipeline.parameters.PARAMS``."""
+    """Expand the sweep: instances (per model family, instance parameters x trials), then per
+    instance the runs (the shared run axes as its family takes them, then each method of its
+    family in file order with its own axes), every product in the order of
+    ``pipeline.parameters.PARAMS``."""
     instances = _instances(spec)
     shared = [p.name for p in SHARED_RUN_PARAMS]
     runs: list[Run] = []
     for inst in instances:
         problem_id = _problem_identity(spec, inst)
-        for shared_values in itertools.product(*(spec.axes[name] for name in shared)):
+        axes = spec.family_axes(inst.family)
+        for shared_values in itertools.product(*(axes[name] for name in shared)):
             for method in spec.methods:
+                if inst.family not in METHOD_FAMILIES[method.name]:
+                    continue
                 own = list(method.axes)
                 for own_values in itertools.product(*method.axes.values()):
                     values = {p.name: None for p in RUN_PARAMS}
                     values.update(zip(shared, shared_values))
                     values.update(zip(own, own_values))
                     identity = {**problem_id, "method": method.name,
-                                **identity_items(RUN_PARAMS, values, method.name)}
+                                **identity_items(RUN_PARAMS, values, method.name, inst.family)}
                     runs.append(Run(_hash(identity, "r-"), inst.instance_id, method.name, values))
     if len({r.run_id for r in runs}) != len(runs):  # spec validation rules this out
         raise AssertionError("two runs of the sweep share a run_id")
@@ -220,8 +246,9 @@ def _problem_identity(spec: SweepSpec, inst: InstanceKey) -> dict:
     base = {"seed": int(spec.seed), "trial": inst.trial}
     if inst.file_sha256 is not None:
         params = tuple(p for p in INSTANCE_PARAMS if not p.generated)
-        return {**base, **identity_items(params, inst.params), "file_sha256": inst.file_sha256}
-    return {**base, **identity_items(INSTANCE_PARAMS, inst.params)}
+        return {**base, **identity_items(params, inst.params, family=inst.family),
+                "file_sha256": inst.file_sha256}
+    return {**base, **identity_items(INSTANCE_PARAMS, inst.params, family=inst.family)}
 
 
 def _instances(spec: SweepSpec) -> list[InstanceKey]:
@@ -229,24 +256,42 @@ def _instances(spec: SweepSpec) -> list[InstanceKey]:
 
     Seeds are a contract (changing them changes every instance of existing sweeps): a generated
     instance's spawn key is (0, M, N, s, sign, trial), a file instance's (1, file hash, sign,
-    trial)."""
-    p = spec.problem
-    names = [q.name for q in INSTANCE_PARAMS if q.name in spec.axes]
+    trial), a generated twolayer instance's (2, M, N, s or 0, outputs, trial)."""
     out: list[InstanceKey] = []
-    for values in itertools.product(*(spec.axes[name] for name in names)):
-        params = dict(zip(names, values))
-        code = _SIGN_CODE[params["sign"]]
+    for family in spec.families:
+        axes = {**spec.family_axes(family), "family": (family,)}
+        names = [q.name for q in INSTANCE_PARAMS if q.name in axes]
+        for values in itertools.product(*(axes[name] for name in names)):
+            # every instance parameter is in params: None where the sweep has no axis of it
+            # (a generated problem's parameters for an instance file)
+            params = {**{q.name: None for q in INSTANCE_PARAMS}, **dict(zip(names, values))}
+            out += _instances_of(spec, params)
+    return out
+
+
+def _instances_of(spec: SweepSpec, params: dict[str, Any]) -> list[InstanceKey]:
+    """The trials of one combination of instance parameter values."""
+    p = spec.problem
+    out: list[InstanceKey] = []
+    if params["family"] == "twolayer":
         for trial in range(spec.trials):
-            if p.file is not None:
-                M, N = p.file_shape  # type: ignore[misc]
-                params = {**params, "M": M, "N": N, "s": None}
-                file_code = int(p.file_sha256[:15], 16)  # type: ignore[index]
-                seed = instance_seed(spec.seed, (1, file_code, code, trial))
-            else:
-                seed = instance_seed(spec.seed, (0, params["M"], params["N"], params["s"], code,
-                                                 trial))
-            key = InstanceKey("", trial, seed, params, p.file, p.file_sha256)
+            seed = instance_seed(spec.seed, (2, params["M"], params["N"], params["s"] or 0,
+                                             params["outputs"], trial))
+            key = InstanceKey("", trial, seed, params)
             out.append(replace(key, instance_id=_hash(_problem_identity(spec, key), "i-", 16)))
+        return out
+    code = _SIGN_CODE[params["sign"]]
+    for trial in range(spec.trials):
+        if p.file is not None:
+            M, N = p.file_shape  # type: ignore[misc]
+            params = {**params, "M": M, "N": N, "s": None}
+            file_code = int(p.file_sha256[:15], 16)  # type: ignore[index]
+            seed = instance_seed(spec.seed, (1, file_code, code, trial))
+        else:
+            seed = instance_seed(spec.seed, (0, params["M"], params["N"], params["s"], code,
+                                             trial))
+        key = InstanceKey("", trial, seed, params, p.file, p.file_sha256)
+        out.append(replace(key, instance_id=_hash(_problem_identity(spec, key), "i-", 16)))
     return out
 
 
@@ -262,12 +307,23 @@ def summarize(plan: Plan, tasks: list[Task]) -> str:
         f"sweep {spec.name} ({spec.source}), spec hash {spec.spec_hash[:12]}",
         f"runs:      {len(plan.runs)} ("
         + ", ".join(f"{m} {n}" for m, n in sorted(by_method.items())) + ")",
-        f"instances: {len(plan.instances)} (one basis-pursuit solve each)",
+        f"instances: {len(plan.instances)} ({_instance_note(plan)})",
         f"to run:    {todo} runs in {len(tasks)} tasks",
         f"cost:      at most ~{_duration(cpu)} of CPU time (every run to max_iters); "
         f"~{_duration(cpu / 2)} on 2 CPUs",
     ]
     return "\n".join(lines)
+
+
+def _instance_note(plan: Plan) -> str:
+    """What the instances need besides their runs: a basis-pursuit solve per diagonal instance."""
+    twolayer = sum(inst.family == "twolayer" for inst in plan.instances)
+    if not twolayer:
+        return "one basis-pursuit solve each"
+    if twolayer == len(plan.instances):
+        return "twolayer: reference A^+ Y, no basis-pursuit solve"
+    return (f"{len(plan.instances) - twolayer} diagonal with a basis-pursuit solve each, "
+            f"{twolayer} twolayer")
 
 
 def _duration(seconds: float) -> str:
