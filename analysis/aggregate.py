@@ -10,7 +10,8 @@ Conventions (all hand-checkable):
 - Error statistics (median / mean / q25 / q75) use the trials with a *finite* error only;
   ``n_finite`` says how many those are. ``n`` counts every trial of the cell.
 - A run *recovers* when ``rel_error_l1 <= threshold`` and its status is not ``diverged``;
-  ``recovery_rate`` = recovered / n (NaN / inf errors never recover).
+  ``recovery_rate`` = recovered / n (NaN / inf errors never recover); NaN for cells of the
+  two-layer family, which has no l1 reference (its distance is ``error_min_norm``).
 - ``iterations_median`` is over converged runs only (NaN when none converged).
 """
 
@@ -30,6 +31,9 @@ PAIR_KEYS = parameters.PAIR_KEYS
 
 #: Columns of the theory overlay summarized per cell (median and quartiles) when present.
 PREDICTION_COLUMNS = ("pred_error", "pred_rel_error_l1", "pred_l1_gap")
+#: Columns of the two-layer family summarized per cell (median and quartiles) when present
+#: (docs/MODEL.md, "The two-layer family"; null for diagonal rows).
+TWOLAYER_COLUMNS = ("error_min_norm", "rate", "imbalance_margin")
 
 
 def cell_keys(df: pd.DataFrame) -> list[str]:
@@ -43,12 +47,21 @@ def _finite(x: pd.Series) -> pd.Series:
     return x.where(np.isfinite(x))
 
 
+def _diagonal(runs: pd.DataFrame) -> pd.Series:
+    """Rows of the diagonal family (a null ``family``: results written before the column)."""
+    if "family" not in runs.columns:
+        return pd.Series(True, index=runs.index)
+    return runs["family"].isna() | (runs["family"] == "diagonal")
+
+
 def cell_stats(runs: pd.DataFrame, threshold: float = 1e-3) -> pd.DataFrame:
     """Statistics over the trials of each cell.
 
     Returns one row per cell: the cell keys, then
     ``n, n_finite, error_l1_{median,mean,q25,q75}, rel_error_l1_{median,mean,q25,q75},
-    recovery_rate, iterations_median, convergence_rate, divergence_rate``
+    recovery_rate, iterations_median, convergence_rate, divergence_rate``, and the median and
+    quartiles ``<col>_{median,q25,q75}`` of each of ``PREDICTION_COLUMNS`` and
+    ``TWOLAYER_COLUMNS`` the table has
     (rates are fractions in [0, 1] of ``n``; errors in the units of x, i.e. l2 distances).
     """
     keys = cell_keys(runs)
@@ -59,7 +72,8 @@ def cell_stats(runs: pd.DataFrame, threshold: float = 1e-3) -> pd.DataFrame:
             "error_l1": _finite(runs["error_l1"]),
             "rel_error_l1": rel,
             "finite": np.isfinite(pd.to_numeric(runs["error_l1"], errors="coerce")).astype(float),
-            "recovered": ((rel <= threshold) & (status != "diverged")).astype(float),
+            "recovered": ((rel <= threshold) & (status != "diverged")).astype(float)
+            .where(_diagonal(runs)),
             "converged": (status == "converged").astype(float),
             "diverged": (status == "diverged").astype(float),
             "iters_conv": runs["iterations"].astype(float).where(status == "converged"),
@@ -75,8 +89,8 @@ def cell_stats(runs: pd.DataFrame, threshold: float = 1e-3) -> pd.DataFrame:
         out[f"{col}_mean"] = g[col].mean()
         out[f"{col}_q25"] = g[col].quantile(0.25)
         out[f"{col}_q75"] = g[col].quantile(0.75)
-    for col in PREDICTION_COLUMNS:
-        if col in runs.columns:  # the theory overlay (null for results written before it)
+    for col in (*PREDICTION_COLUMNS, *TWOLAYER_COLUMNS):
+        if col in runs.columns:  # the theory overlay, the two-layer family (null where absent)
             values = _finite(runs[col])
             grouped = values.groupby([runs[k] for k in keys], dropna=False, sort=True)
             out[f"{col}_median"] = grouped.median()

@@ -38,6 +38,11 @@ LABELS = {
     "alpha_eff": r"effective scale $\alpha_{\mathrm{eff}} = \alpha\, e^{-C_\infty}$",
     "log_ratio": r"$\log_{10}$ median(err GD / err WN-GD)" "\n" r"($>0$: WN-GD closer to min-$\ell_1$)",
     "eta": r"step size $\eta$",
+    "width": "hidden width $h$",
+    "error_min_norm": r"$\|UV^\top - A^+Y\|_F / \|A^+Y\|_F$"
+    "\n(distance to the min-norm solution)",
+    "imbalance": r"imbalance $\lambda$ ($U_0 \cdot e^{\lambda/2}$, $V_0 \cdot e^{-\lambda/2}$)",
+    "rate": "fitted loss rate per step\n(loss ~ exp(-rate k)), median, IQR band",
     "log_pred_error": r"$\log_{10}$ median $\|\tilde x_T - x_{\mathrm{flow}}\|_2 / \|x_{\mathrm{flow}}\|_2$"
     "\n(distance to the gradient-flow limit)",
 }
@@ -548,3 +553,77 @@ def plot_pred_error_phase(runs: pd.DataFrame) -> Figure:
 
 
 plot_pred_error_phase.USES = ("alpha", "L", "eta", "eta_ratio")
+
+
+# ----------------------------------------------------------------------------- two-layer family
+def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """Least-squares slope of log10 y against log10 x over the points with x, y > 0 and finite
+    (NaN with fewer than two such points). The two-layer distance to A^+ Y falls like width^{-1/2}
+    (docs/MODEL.md, "The two-layer family"), a slope of -0.5."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    if np.count_nonzero(ok) < 2 or np.ptp(x[ok]) == 0:
+        return float("nan")
+    return float(np.polyfit(np.log10(x[ok]), np.log10(y[ok]), 1)[0])
+
+
+def plot_minnorm_vs_width(runs: pd.DataFrame) -> Figure:
+    """Distance to the minimum-norm solution, ``error_min_norm`` = ||U V^T - A^+ Y||_F / ||A^+ Y||_F
+    (median over trials, interquartile band), against the width h on log-log axes: one line per
+    alpha of the ``random`` initialization, its fitted log-log slope in the legend (``loglog_slope``
+    of the medians), and the ``range`` initialization (every alpha pooled) as a dashed reference.
+    Two-layer rows only."""
+    _require_single_slice(runs, plot_minnorm_vs_width.USES, "plot_minnorm_vs_width")
+    stats = cell_stats(runs)
+    fig, axes = _figure(1, 1)
+    fig.set_size_inches(5.0, 4.0)
+    ax = axes[0, 0]
+    rand = stats[stats["init"] == "random"]
+    alphas = _uniq(rand["alpha"])
+    colors = _eta_colors(alphas)
+    for a in alphas:
+        d = rand[rand["alpha"] == a].sort_values("width")
+        slope = loglog_slope(d["width"], d["error_min_norm_median"])
+        ax.plot(d["width"], d["error_min_norm_median"], "o-", ms=3, color=colors[a],
+                label=rf"random, $\alpha$ = {a:g}, slope {slope:.2f}")
+        ax.fill_between(d["width"], d["error_min_norm_q25"], d["error_min_norm_q75"],
+                        color=colors[a], alpha=0.2, lw=0)
+    rng = runs[runs["init"] == "range"]
+    if len(rng):
+        med = rng.groupby("width")["error_min_norm"].median().sort_index()
+        ax.plot(med.index, med.to_numpy(), "s--", ms=3, color=GD_COLOR,
+                label=r"range (every $\alpha$)")
+    ax.set_xscale("log")
+    ax.set_yscale("log", nonpositive="clip")
+    ax.legend(loc="best", fontsize=7)
+    _label_outer(axes, LABELS["width"], LABELS["error_min_norm"] + ", median, IQR band")
+    return fig
+
+
+plot_minnorm_vs_width.USES = ("width", "alpha", "init")
+
+
+def plot_rate_vs_imbalance(runs: pd.DataFrame) -> Figure:
+    """The fitted linear convergence rate of the loss per step (``rate``; median over trials,
+    interquartile band) against the initialization imbalance lambda, one line per alpha, one
+    panel per width. Two-layer rows only; runs without a fitted rate are left out."""
+    _require_single_slice(runs, plot_rate_vs_imbalance.USES, "plot_rate_vs_imbalance")
+    stats = cell_stats(runs)
+    widths, alphas = _uniq(stats["width"]), _uniq(stats["alpha"])
+    colors = _eta_colors(alphas)
+    fig, axes = _figure(1, len(widths))
+    for j, h in enumerate(widths):
+        ax = axes[0, j]
+        for a in alphas:
+            d = stats[(stats["width"] == h) & (stats["alpha"] == a)].sort_values("imbalance")
+            ax.plot(d["imbalance"], d["rate_median"], "o-", ms=3, color=colors[a],
+                    label=rf"$\alpha$ = {a:g}")
+            ax.fill_between(d["imbalance"], d["rate_q25"], d["rate_q75"], color=colors[a],
+                            alpha=0.2, lw=0)
+        ax.set_title(f"width h = {h:g}")
+        ax.legend(loc="best", fontsize=7)
+    _label_outer(axes, LABELS["imbalance"], LABELS["rate"])
+    return fig
+
+
+plot_rate_vs_imbalance.USES = ("imbalance", "alpha", "width")

@@ -7,7 +7,10 @@ Output folder (local)::
     <out_dir>/summary.csv, summary.md    cell_stats + ratio_stats (``aggregate.summary_table``)
     <out_dir>/paired_ratios.csv          one row per WN-GD run (``aggregate.paired_ratios``)
 
-A figure whose parameters the sweep lacks (e.g. a single ``s``) is skipped with a reason; a
+Each figure draws the rows of one model family (``FIGURE_FAMILY``): the diagonal figures, and
+for the two-layer family the distance to A^+ Y against width and the rate against the imbalance;
+a folder holding both families reports both. A figure whose parameters the sweep lacks (e.g. a
+single ``s``) is skipped with a reason; a
 figure draws one slice of the sweep, so when other parameters vary (e.g. ``init``) one file per
 slice is written (``plots.split_by_extra``). Corrupt shards are skipped with a warning and listed.
 """
@@ -101,6 +104,11 @@ def _need_predictions(df: pd.DataFrame) -> str | None:
     return None if ok else "no usable predicted limit (every pred_status failed)"
 
 
+def _need_rates(df: pd.DataFrame) -> str | None:
+    ok = np.isfinite(pd.to_numeric(df["rate"], errors="coerce")).any() if "rate" in df else False
+    return None if ok else "no fitted convergence rate (every run diverged or stopped early)"
+
+
 def _need_step_axis(df: pd.DataFrame) -> str | None:
     steps = [_n(df, "eta", "gd"), _n(df, "eta", "wn"), _n(df, "eta_ratio", "wn")]
     return None if max(steps) >= 2 else "needs >= 2 values of eta or eta~"
@@ -124,7 +132,23 @@ FIGURES: list[tuple[str, str, Callable[[pd.DataFrame], Any], list[Check]]] = [
      plots.plot_error_vs_alpha_theory, [ALPHA, _need_predictions]),
     ("theory_pred_error", "distance to the gradient-flow limit, alpha x step size",
      plots.plot_pred_error_phase, [ALPHA, _need_predictions, _need_step_axis]),
+    ("minnorm_vs_width", "distance to the minimum-norm solution vs width",
+     plots.plot_minnorm_vs_width, [_need_values("width", "width")]),
+    ("rate_vs_imbalance", "convergence rate vs imbalance", plots.plot_rate_vs_imbalance,
+     [_need_values("imbalance", "imbalance"), _need_rates]),
 ]
+#: The model family whose rows a figure draws (``diagonal`` unless listed). A figure of a family
+#: the results do not hold is left out (not listed as skipped).
+FIGURE_FAMILY = {"minnorm_vs_width": "twolayer", "rate_vs_imbalance": "twolayer"}
+
+
+def family_rows(runs: pd.DataFrame, family: str) -> pd.DataFrame:
+    """The rows of one model family (a null ``family`` is a diagonal run written before the
+    column existed)."""
+    if "family" not in runs.columns:
+        return runs if family == "diagonal" else runs.iloc[:0]
+    fam = runs["family"].astype(object).where(runs["family"].notna(), "diagonal")
+    return runs[fam == family]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -178,13 +202,17 @@ def write_report(
                        skipped_shards=list(runs.attrs.get("skipped_shards", [])))
 
     jobs: list[tuple[str, str, Callable, dict, pd.DataFrame]] = []  # (label, stem, fn, kw, data)
+    by_family = {f: family_rows(runs, f) for f in ("diagonal", "twolayer")}
     for name, title, fn, checks in FIGURES:
+        rows = by_family[FIGURE_FAMILY.get(name, "diagonal")]
+        if rows.empty:
+            continue
         kwargs = {"threshold": threshold} if fn is plots.plot_recovery_heatmaps else {}
-        reason = next((r for r in (c(runs) for c in checks) if r), None)
+        reason = next((r for r in (c(rows) for c in checks) if r), None)
         if reason:
             res.skipped[title] = reason
             continue
-        for fixed, part in plots.split_by_extra(runs, fn.USES):
+        for fixed, part in plots.split_by_extra(rows, fn.USES):
             label = f"{title} ({_slice_label(fixed)})" if fixed else title
             reason = next((r for r in (c(part) for c in checks) if r), None)
             if reason:

@@ -95,7 +95,6 @@ def _best(repeats: int, run):
 
 def whole_process(args: argparse.Namespace) -> None:
     """The whole `wnsweep run` process against the naive loop on the same runs."""
-    import numpy as np
     from threadpoolctl import threadpool_limits
 
     from benchmarks.engine import naive_run

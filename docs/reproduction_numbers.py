@@ -2,7 +2,8 @@
 small versions of their figures to docs/figures/.
 
     for s in quickstart claim1-alpha claim2-loss claim3-eta-ratio claim4-depth claim5-signed \
-             robustness; do wnsweep run sweeps/$s.yaml && wnsweep report results/$s; done
+             robustness minnorm-width minnorm-imbalance; do
+        wnsweep run sweeps/$s.yaml && wnsweep report results/$s; done
     python docs/reproduction_numbers.py            # reads results/<name>, writes docs/figures/
 """
 
@@ -86,7 +87,8 @@ STANDARD = {
 
 def main() -> None:
     done = [n for n in ("quickstart", "claim1-alpha", "claim2-loss", "claim3-eta-ratio",
-                        "claim4-depth", "claim5-signed", "robustness")
+                        "claim4-depth", "claim5-signed", "robustness", "minnorm-width",
+                        "minnorm-imbalance")
             if (RESULTS / n / "manifest.json").exists()]
     print("results found:", ", ".join(done))
     if "quickstart" in done:
@@ -124,6 +126,50 @@ def main() -> None:
         show("robustness: median paired ratio by L and eta~ (all s, alpha)",
              ratio_table(c, ["L", "eta_ratio"]))
         copy_figures("robustness", ["phase_alpha_s", "recovery_alpha_s"])
+    if "minnorm-width" in done:
+        minnorm_width(load("minnorm-width"))
+        copy_figures("minnorm-width", ["minnorm_vs_width"])
+    if "minnorm-imbalance" in done:
+        minnorm_imbalance(load("minnorm-imbalance"))
+        copy_figures("minnorm-imbalance", ["rate_vs_imbalance"])
+
+
+def minnorm_width(c: pd.DataFrame) -> None:
+    """The two-layer family: error_min_norm against width (random: fitted log-log slope of the
+    medians per alpha; range: the largest distance of a converged run), and the rate at
+    lambda = 0."""
+    from analysis.plots import loglog_slope
+
+    conv = c[c.status == "converged"]
+    table = c.groupby(["init", "alpha", "width"]).agg(
+        n=("run_id", "size"), converged=("status", lambda s: (s == "converged").mean()),
+        median=("error_min_norm", "median"), q25=("error_min_norm", lambda x: x.quantile(0.25)),
+        q75=("error_min_norm", lambda x: x.quantile(0.75)), rate=("rate", "median")).reset_index()
+    show("minnorm-width: error_min_norm by init, alpha, width", table)
+    rand = table[table.init == "random"]
+    slopes = rand.groupby("alpha").apply(
+        lambda d: loglog_slope(d.width, d["median"]), include_groups=False)
+    show("minnorm-width: fitted log-log slope of the median (random init)",
+         slopes.rename("slope").reset_index())
+    rng = conv[conv.init == "range"]
+    print(f"minnorm-width: range init: {len(rng)} of {(c.init == 'range').sum()} runs converged, "
+          f"max error_min_norm {rng.error_min_norm.max():.2e}, "
+          f"median {rng.error_min_norm.median():.2e}\n")
+
+
+def minnorm_imbalance(c: pd.DataFrame) -> None:
+    """The two-layer family: the fitted rate against the imbalance, per alpha and width."""
+    table = c.groupby(["alpha", "width", "imbalance"]).agg(
+        n=("run_id", "size"), converged=("status", lambda s: (s == "converged").mean()),
+        diverged=("status", lambda s: (s == "diverged").mean()), rate=("rate", "median"),
+        margin=("imbalance_margin", "median"), iterations=("iterations", "median")).reset_index()
+    show("minnorm-imbalance: median fitted rate per step by alpha, width, imbalance", table)
+    base = table[table.imbalance == 0].set_index(["alpha", "width"]).rate
+    ratio = table.assign(vs_zero=[r / base[(a, w)] for a, w, r in
+                                  zip(table.alpha, table.width, table.rate)])
+    show("minnorm-imbalance: rate / rate at imbalance 0",
+         ratio.pivot_table(index=["alpha", "width"], columns="imbalance", values="vs_zero")
+         .rename(columns=lambda x: f"lambda={x:g}").reset_index())
 
 
 if __name__ == "__main__":

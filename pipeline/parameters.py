@@ -23,11 +23,19 @@ import numpy as np
 from pipeline.dynamics import SCHEDULES
 from pipeline.initialization import SCHEMES
 from pipeline.models import SIGNS
+from pipeline.twolayer import SCHEMES as TWOLAYER_SCHEMES
 
 #: ``Param.default`` of a parameter the sweep file must give.
 REQUIRED = object()
 #: The methods and, in a sweep file, the keys of ``methods``.
 METHODS = ("gd", "wn")
+#: The model families (``model.family``): ``diagonal`` (docs/MODEL.md, the default) and
+#: ``twolayer`` (single-hidden-layer linear networks, ``pipeline.twolayer``).
+FAMILIES = ("diagonal", "twolayer")
+#: The families each method is defined for (WN-GD: the diagonal family only).
+METHOD_FAMILIES: dict[str, tuple[str, ...]] = {"gd": FAMILIES, "wn": ("diagonal",)}
+#: Every initialization scheme; ``Param.by_family`` says which a family takes.
+ALL_SCHEMES = (*SCHEMES, *(s for s in TWOLAYER_SCHEMES if s not in SCHEMES))
 
 @dataclass(frozen=True)
 class Param:
@@ -48,6 +56,14 @@ class Param:
                 wnsweep 0.1); ``unless_default``: in the run id and the spec hash only when it
                 applies and differs from its default (every parameter added since).
     generated:  only for generated problems (absent when the problem is an instance file).
+    families:   the model families (``FAMILIES``) it applies to (``None``: every family). Where it
+                does not apply to a run's family it is null, and it enters the run id like a
+                parameter that does not apply to the run's method (``always``: null;
+                ``unless_default``: absent). A sweep file may give it only when one of its
+                families is among these.
+    by_family:  per-family overrides, ``((family, choices, default), ...)``: the words that
+                family takes (``()``: all of ``choices``) and its default (``REQUIRED``: must be
+                given; ``None``: may be omitted, the value is then null).
     """
 
     name: str
@@ -66,6 +82,8 @@ class Param:
     engine: str | None = None
     identity: str = "always"
     generated: bool = False
+    families: tuple[str, ...] | None = None
+    by_family: tuple[tuple[str, tuple[str, ...], Any], ...] = ()
 
     @property
     def required(self) -> bool:
@@ -89,6 +107,23 @@ class Param:
     def applies_to(self, method: str) -> bool:
         return self.methods is None or method in self.methods
 
+    def applies_to_family(self, family: str) -> bool:
+        return self.families is None or family in self.families
+
+    def choices_for(self, family: str) -> tuple[str, ...]:
+        """The words ``family`` takes (``choices`` unless ``by_family`` narrows them)."""
+        for fam, choices, _ in self.by_family:
+            if fam == family and choices:
+                return choices
+        return self.choices
+
+    def default_for(self, family: str) -> Any:
+        """The default for ``family`` (``by_family`` overrides ``default``)."""
+        for fam, _, default in self.by_family:
+            if fam == family:
+                return default
+        return self.default
+
 
 def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
@@ -96,16 +131,19 @@ def _fmt(x: float) -> str:
 
 PARAMS: tuple[Param, ...] = (
     Param("sign", "problem", "sign", "str", "the model: nonneg x~ = w^L, signed x~ = u^L - v^L",
-          default="nonneg", choices=SIGNS, scope="instance"),
+          default="nonneg", choices=SIGNS, scope="instance", families=("diagonal",)),
     Param("M", "problem", "M", "int", "measurements (rows of A)", ge=1, scope="instance",
           generated=True),
     Param("N", "problem", "N", "int", "dimension (columns of A)", ge=1, scope="instance",
           generated=True),
-    Param("s", "problem", "sparsity", "int", "nonzeros of the ground truth x*", ge=1,
-          scope="instance", generated=True),
-    Param("L", "model", "depth", "int", "the depth L", ge=2, engine="depth"),
+    Param("s", "problem", "sparsity", "int", "nonzeros of the ground truth x* (twolayer: per "
+          "column of X*; omitted: X* dense)", ge=1, scope="instance", generated=True,
+          by_family=(("twolayer", (), None),)),
+    Param("L", "model", "depth", "int", "the depth L", ge=2, engine="depth",
+          families=("diagonal",)),
     Param("init", "init", "scheme", "str", "the initialization scheme", default="constant",
-          choices=SCHEMES),
+          choices=ALL_SCHEMES,
+          by_family=(("diagonal", SCHEMES, "constant"), ("twolayer", TWOLAYER_SCHEMES, "random"))),
     Param("alpha", "init", "alpha", "float", "the initialization scale", gt=0),
     Param("eta", "methods", "eta", "float", "the step size (WN-GD: its base step)", gt=0,
           methods=METHODS, engine="eta"),
@@ -119,6 +157,17 @@ PARAMS: tuple[Param, ...] = (
           default=1e-12, ge=0, engine="tol"),
     Param("checkpoints", "train", "checkpoints", "int", "about how many loss-curve points",
           default=64, ge=2, axis=False, column=False, engine="checkpoints"),
+    # the two-layer family (docs/MODEL.md, "The two-layer family"); added after wnsweep 0.1
+    Param("family", "model", "family", "str", "the model family", default="diagonal",
+          choices=FAMILIES, scope="instance", identity="unless_default"),
+    Param("outputs", "problem", "outputs", "int", "outputs K (columns of X* and Y)", default=1,
+          ge=1, scope="instance", generated=True, families=("twolayer",),
+          identity="unless_default"),
+    Param("width", "model", "width", "int", "the hidden width h", ge=1, families=("twolayer",),
+          identity="unless_default"),
+    Param("imbalance", "init", "imbalance", "float", "the layer imbalance lambda: U0 scaled by "
+          "e^{lambda/2}, V0 by e^{-lambda/2}", default=0.0, families=("twolayer",),
+          identity="unless_default"),
 )
 
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
@@ -163,14 +212,14 @@ def identity_value(value: Any) -> Any:
 
 
 def identity_items(params: tuple[Param, ...], values: dict[str, Any],
-                   method: str | None = None) -> dict[str, Any]:
+                   method: str | None = None, family: str = "diagonal") -> dict[str, Any]:
     """The identity entries of ``params`` for one run (or instance) with these ``values``.
 
-    ``always`` parameters are present with ``None`` where they do not apply to ``method``;
-    ``unless_default`` ones only where they apply and differ from the default."""
+    ``always`` parameters are present with ``None`` where they do not apply to ``method`` or
+    ``family``; ``unless_default`` ones only where they apply and differ from the default."""
     out: dict[str, Any] = {}
     for p in params:
-        applies = method is None or p.applies_to(method)
+        applies = (method is None or p.applies_to(method)) and p.applies_to_family(family)
         value = values.get(p.name) if applies else None
         if p.identity == "always":
             out[p.name] = identity_value(value)

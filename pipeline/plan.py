@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.parameters import INSTANCE_PARAMS, RUN_PARAMS, SHARED_RUN_PARAMS, identity_items
+from pipeline.parameters import (INSTANCE_PARAMS, METHOD_FAMILIES, RUN_PARAMS, SHARED_RUN_PARAMS,
+                                 identity_items)
 from pipeline.spec import SweepSpec
 
 _SIGN_CODE = {"nonneg": 0, "signed": 1}
@@ -91,6 +92,10 @@ class InstanceKey(_Params):
     @property
     def signed(self) -> bool:
         return self.params["sign"] == "signed"
+
+    @property
+    def family(self) -> str:
+        return self.params.get("family") or "diagonal"
 
 
 @dataclass(frozen=True)
@@ -195,9 +200,26 @@ def run_step_seconds(M: int, N: int, signed: bool) -> float:
 
 def instance_cost(inst: InstanceKey, runs: list[Run]) -> float:
     """Estimated seconds for one instance: a BP solve plus its runs in a stack, every run taking
-    its full max_iters (an upper bound: runs that converge leave the stack early)."""
+    its full max_iters (an upper bound: runs that converge leave the stack early). A twolayer
+    instance has no BP solve and runs in its own engine calls, one per width
+    (``twolayer.run_batch``), so it also pays their step overhead."""
+    if inst.family == "twolayer":
+        return _twolayer_cost(inst, runs)
     iterations = sum(r.max_iters for r in runs)
     return BP_SECONDS + iterations * run_step_seconds(inst.M, inst.N, inst.signed)
+
+
+def _twolayer_cost(inst: InstanceKey, runs: list[Run]) -> float:
+    """Per run-step: the two GEMMs with A (4 M N K flops), U V^T and the two gradients
+    (6 N K h flops) and the element-wise passes over its (N + K) h weights; per step of each
+    width's call, the fixed overhead."""
+    K = inst.params.get("outputs") or 1
+    seconds = sum(r.max_iters * ((4.0 * inst.M * inst.N * K + 6.0 * inst.N * K * r.width)
+                                 / EFFECTIVE_FLOPS + (inst.N + K) * r.width * ENTRY_SECONDS)
+                  for r in runs)
+    widths = {r.width for r in runs}
+    steps = sum(max(r.max_iters for r in runs if r.width == w) for w in widths)
+    return seconds + steps * STEP_OVERHEAD_SECONDS
 
 
 def instance_seed(master_seed: int, spawn_key: tuple[int, ...]) -> int:
@@ -207,9 +229,10 @@ def instance_seed(master_seed: int, spawn_key: tuple[int, ...]) -> int:
 
 
 def make_plan(spec: SweepSpec) -> Plan:
-    """Expand the sweep: instances (instance parameters x trials), then per instance the runs
-    (the shared run axes, then each method in file order with its own axes), every product in
-    the order of ``pipeline.parameters.PARAMS``."""
+    """Expand the sweep: instances (per model family, instance parameters x trials), then per
+    instance the runs (the shared run axes as its family takes them, then each method of its
+    family in file order with its own axes), every product in the order of
+    ``pipeline.parameters.PARAMS``."""
     instances = _instances(spec)
     runs: list[Run] = []
     for inst in instances:
@@ -220,19 +243,23 @@ def make_plan(spec: SweepSpec) -> Plan:
 
 
 def _instance_runs(spec: SweepSpec, inst: InstanceKey) -> list[Run]:
-    """One instance's runs: the shared run axes, then each method with its own axes."""
+    """One instance's runs: the shared run axes as its family takes them, then each method of
+    its family with its own axes."""
     shared = [p.name for p in SHARED_RUN_PARAMS]
     problem_id = _problem_identity(spec, inst)
+    axes = spec.family_axes(inst.family)
     runs: list[Run] = []
-    for shared_values in itertools.product(*(spec.axes[name] for name in shared)):
+    for shared_values in itertools.product(*(axes[name] for name in shared)):
         for method in spec.methods:
+            if inst.family not in METHOD_FAMILIES[method.name]:
+                continue
             own = list(method.axes)
             for own_values in itertools.product(*method.axes.values()):
                 values = {p.name: None for p in RUN_PARAMS}
                 values.update(zip(shared, shared_values))
                 values.update(zip(own, own_values))
                 identity = {**problem_id, "method": method.name,
-                            **identity_items(RUN_PARAMS, values, method.name)}
+                            **identity_items(RUN_PARAMS, values, method.name, inst.family)}
                 runs.append(Run(_hash(identity, "r-"), inst.instance_id, method.name, values))
     return runs
 
@@ -242,31 +269,44 @@ def _problem_identity(spec: SweepSpec, inst: InstanceKey) -> dict:
     base = {"seed": int(spec.seed), "trial": inst.trial}
     if inst.file_sha256 is not None:
         params = tuple(p for p in INSTANCE_PARAMS if not p.generated)
-        return {**base, **identity_items(params, inst.params), "file_sha256": inst.file_sha256}
-    return {**base, **identity_items(INSTANCE_PARAMS, inst.params)}
+        return {**base, **identity_items(params, inst.params, family=inst.family),
+                "file_sha256": inst.file_sha256}
+    return {**base, **identity_items(INSTANCE_PARAMS, inst.params, family=inst.family)}
 
 
 def _instances(spec: SweepSpec) -> list[InstanceKey]:
-    """Every instance: the product of the instance parameters' axes, then the trials."""
-    return [_instance(spec, values, trial) for values in _instance_combinations(spec)
+    """Every instance: per family, the product of the instance parameters' axes, then the
+    trials."""
+    return [_instance(spec, params, trial) for params in _instance_combinations(spec)
             for trial in range(spec.trials)]
 
 
-def _instance_combinations(spec: SweepSpec) -> list[tuple]:
-    """The values of the instance parameters' axes, in their product's order."""
-    names = [q.name for q in INSTANCE_PARAMS if q.name in spec.axes]
-    return list(itertools.product(*(spec.axes[name] for name in names)))
+def _instance_combinations(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The instance parameters' values of every combination, family by family, in their
+    product's order: every instance parameter is in each, None where the sweep has no axis of
+    it (a generated problem's parameters for an instance file)."""
+    out = []
+    for family in spec.families:
+        axes = {**spec.family_axes(family), "family": (family,)}
+        names = [q.name for q in INSTANCE_PARAMS if q.name in axes]
+        for values in itertools.product(*(axes[name] for name in names)):
+            out.append({**{q.name: None for q in INSTANCE_PARAMS}, **dict(zip(names, values))})
+    return out
 
 
-def _instance(spec: SweepSpec, values: tuple, trial: int) -> InstanceKey:
-    """One instance from its instance parameters' values (``_instance_combinations``) and trial.
+def _instance(spec: SweepSpec, params: dict[str, Any], trial: int) -> InstanceKey:
+    """One instance: a combination of instance parameter values (``_instance_combinations``)
+    and a trial.
 
     Seeds are a contract (changing them changes every instance of existing sweeps): a generated
     instance's spawn key is (0, M, N, s, sign, trial), a file instance's (1, file hash, sign,
-    trial)."""
+    trial), a generated twolayer instance's (2, M, N, s or 0, outputs, trial)."""
     p = spec.problem
-    names = [q.name for q in INSTANCE_PARAMS if q.name in spec.axes]
-    params = dict(zip(names, values))
+    if params["family"] == "twolayer":
+        seed = instance_seed(spec.seed, (2, params["M"], params["N"], params["s"] or 0,
+                                         params["outputs"], trial))
+        key = InstanceKey("", trial, seed, params)
+        return replace(key, instance_id=_hash(_problem_identity(spec, key), "i-", 16))
     code = _SIGN_CODE[params["sign"]]
     if p.file is not None:
         M, N = p.file_shape  # type: ignore[misc]
@@ -291,12 +331,26 @@ def summarize(plan: Plan, tasks: list[Task]) -> str:
         f"sweep {spec.name} ({spec.source}), spec hash {spec.spec_hash[:12]}",
         f"runs:      {len(plan.runs)} ("
         + ", ".join(f"{m} {n}" for m, n in sorted(by_method.items())) + ")",
-        f"instances: {len(plan.instances)} (one basis-pursuit solve each)",
+        f"instances: {len(plan.instances)} ({_instance_note(plan)})",
         f"to run:    {todo} runs in {len(tasks)} tasks",
         f"cost:      at most ~{_duration(cpu)} of CPU time (every run to max_iters); "
         f"~{_duration(cpu / 2)} on 2 CPUs",
     ]
     return "\n".join(lines)
+
+
+def _instance_note(plan: Plan) -> str:
+    """What the instances need besides their runs: a basis-pursuit solve per diagonal instance."""
+    twolayer = sum(inst.family == "twolayer" for inst in plan.instances)
+    return _note(len(plan.instances), twolayer)
+
+
+def _note(instances: int, twolayer: int) -> str:
+    if not twolayer:
+        return "one basis-pursuit solve each"
+    if twolayer == instances:
+        return "twolayer: reference A^+ Y, no basis-pursuit solve"
+    return f"{instances - twolayer} diagonal with a basis-pursuit solve each, {twolayer} twolayer"
 
 
 def _duration(seconds: float) -> str:
@@ -307,29 +361,38 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def run_count_factors(spec: SweepSpec) -> tuple[list[tuple[str, int]], list[tuple[str, int]],
-                                                 list[tuple[str, list[tuple[str, int]]]]]:
+def run_count_factors(spec: SweepSpec) -> list[tuple[str, list[tuple[str, int]],
+                                                       list[tuple[str, int]],
+                                                       list[tuple[str, list[tuple[str, int]]]]]]:
     """The sizes that multiply into the run count, each with its sweep-file field, as
-    ``make_plan`` expands them: (instance axes and trials, shared run axes, per method its own
-    axes). Read from the validated spec; nothing is expanded."""
-    instance = [(p.field(), len(spec.axes[p.name])) for p in INSTANCE_PARAMS if p.name in spec.axes]
-    instance.append(("trials", int(spec.trials)))
-    shared = [(p.field(), len(spec.axes[p.name])) for p in SHARED_RUN_PARAMS
-              if p.name in spec.axes]
+    ``make_plan`` expands them, per model family: (family, its instance axes and trials, its
+    shared run axes, per method of the family its own axes). Read from the validated spec;
+    nothing is expanded."""
     by_name = {p.name: p for p in RUN_PARAMS}
-    methods = [(m.name, [(by_name[name].field(m.name) if name in by_name
-                          else f"methods.{m.name}.{name}", len(values))
-                         for name, values in m.axes.items()]) for m in spec.methods]
-    return instance, shared, methods
+    out = []
+    for family in spec.families:
+        axes = spec.family_axes(family)
+        instance = [(p.field(), len(axes[p.name])) for p in INSTANCE_PARAMS
+                    if p.name in axes and p.name != "family"]
+        instance.append(("trials", int(spec.trials)))
+        shared = [(p.field(), len(axes[p.name])) for p in SHARED_RUN_PARAMS if p.name in axes]
+        methods = [(m.name, [(by_name[name].field(m.name) if name in by_name
+                              else f"methods.{m.name}.{name}", len(values))
+                             for name, values in m.axes.items()])
+                   for m in spec.methods if family in METHOD_FAMILIES[m.name]]
+        out.append((family, instance, shared, methods))
+    return out
 
 
 def count_runs(spec: SweepSpec) -> int:
-    """The number of runs ``make_plan`` would make, counted arithmetically: the product of the
-    instance axes x trials x (the product of the shared run axes x the sum over methods of the
-    product of that method's own axes)."""
-    instance, shared, methods = run_count_factors(spec)
-    per_method = sum(_product(n for _, n in axes) for _, axes in methods)
-    return _product(n for _, n in instance) * _product(n for _, n in shared) * per_method
+    """The number of runs ``make_plan`` would make, counted arithmetically: per model family,
+    the product of its instance axes x trials x (the product of its shared run axes x the sum
+    over its methods of the product of that method's own axes)."""
+    total = 0
+    for _, instance, shared, methods in run_count_factors(spec):
+        per_method = sum(_product(n for _, n in axes) for _, axes in methods)
+        total += _product(n for _, n in instance) * _product(n for _, n in shared) * per_method
+    return total
 
 
 def _product(numbers) -> int:
@@ -382,11 +445,11 @@ class LazyTask:
         return _make_task(self.spec, batch, self.est_seconds)
 
 
-def runs_per_instance(spec: SweepSpec) -> dict[str, int]:
-    """Runs of one instance, per method (the same for every instance of a sweep)."""
-    _, shared, methods = run_count_factors(spec)
-    base = _product(n for _, n in shared)
-    return {name: base * _product(n for _, n in axes) for name, axes in methods}
+def _representatives(spec: SweepSpec) -> list[tuple[InstanceKey, list[Run]]]:
+    """The first trial of every combination of instance parameters, with its runs: every trial
+    of a combination has as many runs, of the same settings and cost."""
+    return [(inst, _instance_runs(spec, inst))
+            for inst in (_instance(spec, params, 0) for params in _instance_combinations(spec))]
 
 
 def lazy_tasks(spec: SweepSpec, task_seconds: float = TASK_SECONDS,
@@ -395,19 +458,15 @@ def lazy_tasks(spec: SweepSpec, task_seconds: float = TASK_SECONDS,
     greedy packing (``Plan.tasks``) done by arithmetic on runs of instances of equal cost: one
     representative instance per combination of the instance parameters is expanded, so the cost
     grows with the number of tasks and combinations, not with runs or trials."""
-    combinations = _instance_combinations(spec)
     trials = spec.trials
-    per_instance = sum(runs_per_instance(spec).values())
-    costs, steps = [], 0
-    for values in combinations:
-        inst = _instance(spec, values, 0)
-        runs = _instance_runs(spec, inst)
-        costs.append(instance_cost(inst, runs))
-        steps = max([steps] + [r.max_iters for r in runs])
-    if not combinations or trials == 0 or per_instance == 0:
+    representatives = _representatives(spec) if trials else []
+    costs = [instance_cost(inst, runs) for inst, runs in representatives]
+    sizes = [len(runs) for _, runs in representatives]
+    steps = max((r.max_iters for _, runs in representatives for r in runs), default=0)
+    if not any(sizes):
         return []
-    n_instances = len(combinations) * trials
-    total = sum(c * trials for c in costs)
+    n_instances = sum(trials for size in sizes if size)  # Plan.tasks leaves out instances
+    total = sum(c * trials for c, size in zip(costs, sizes) if size)  # without runs
     floor = steps * STEP_OVERHEAD_SECONDS / MAX_OVERHEAD_SHARE
     target = min(task_seconds, max(total / max(min_tasks, 1), floor))
     n_tasks = min(n_instances, max(1, math.ceil(total / target - 1e-9)))
@@ -418,10 +477,11 @@ def lazy_tasks(spec: SweepSpec, task_seconds: float = TASK_SECONDS,
     count, cost = 0, 0.0
 
     def close() -> None:
-        tasks.append(LazyTask(spec, tuple(blocks), count * per_instance, cost + overhead))
+        runs = sum((b.stop - b.start) * sizes[b.combination] for b in blocks)
+        tasks.append(LazyTask(spec, tuple(blocks), runs, cost + overhead))
 
     for index, c in enumerate(costs):
-        trial = 0
+        trial = 0 if sizes[index] else trials
         while trial < trials:
             if count and cost + c > share:  # Plan.tasks cuts here
                 close()
@@ -444,17 +504,23 @@ def lazy_tasks(spec: SweepSpec, task_seconds: float = TASK_SECONDS,
 
 
 def summarize_lazy(spec: SweepSpec, tasks: list[LazyTask] | list[Task]) -> str:
-    """``summarize`` for a sweep planned lazily: the counts come from the spec (``count_runs``),
-    the work to do from ``tasks`` (LazyTask or Task)."""
-    instances = len(_instance_combinations(spec)) * spec.trials
-    per_method = runs_per_instance(spec)
+    """``summarize`` for a sweep planned lazily: the counts come from the spec and one instance
+    per combination of instance parameters, the work to do from ``tasks`` (LazyTask or Task)."""
+    representatives = _representatives(spec)
+    by_method: dict[str, int] = {}
+    for _, runs in representatives:
+        for run in runs:
+            by_method[run.method] = by_method.get(run.method, 0) + spec.trials
+    instances = [inst for inst, _ in representatives]
+    twolayer = sum(inst.family == "twolayer" for inst in instances) * spec.trials
+    n_instances = len(instances) * spec.trials
     todo = sum(t.runs_count if isinstance(t, LazyTask) else len(t.runs) for t in tasks)
     cpu = sum(t.est_seconds for t in tasks)
     lines = [
         f"sweep {spec.name} ({spec.source}), spec hash {spec.spec_hash[:12]}",
-        f"runs:      {count_runs(spec)} ("
-        + ", ".join(f"{m} {n * instances}" for m, n in sorted(per_method.items())) + ")",
-        f"instances: {instances} (one basis-pursuit solve each)",
+        f"runs:      {sum(by_method.values())} ("
+        + ", ".join(f"{m} {n}" for m, n in sorted(by_method.items())) + ")",
+        f"instances: {n_instances} ({_note(n_instances, twolayer)})",
         f"to run:    {todo} runs in {len(tasks)} tasks",
         f"cost:      at most ~{_duration(cpu)} of CPU time (every run to max_iters); "
         f"~{_duration(cpu / 2)} on 2 CPUs",

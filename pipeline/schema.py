@@ -35,7 +35,20 @@ ADDED_RUN_FIELDS: list[tuple[str, pa.DataType]] = [
     ("pred_l1_gap", pa.float64()),  # ||x_pred||_1 / ||x_l1||_1 - 1
     ("pred_rel_error_l1", pa.float64()),  # ||x_pred - x_l1|| / ||x_l1||
     ("x_pred", pa.list_(pa.float64())),  # null unless output.save_solutions
+    # the two-layer family (docs/MODEL.md, "The two-layer family"); null for diagonal rows
+    ("error_min_norm", pa.float64()),  # ||U V^T - A^+ Y||_F / ||A^+ Y||_F
+    ("rate", pa.float64()),  # fitted linear rate of the loss per step; null if not fittable
+    ("imbalance_min", pa.float64()),  # lambda_min(U0^T U0 - V0^T V0)
+    ("imbalance_max", pa.float64()),  # lambda_max(U0^T U0 - V0^T V0)
+    ("imbalance_margin", pa.float64()),  # the margin that bounds the flow's rate
 ]
+#: The result columns of the two-layer family alone (null for diagonal rows).
+TWOLAYER_RUN_COLUMNS = ("error_min_norm", "rate", "imbalance_min", "imbalance_max",
+                        "imbalance_margin")
+#: The result columns of the diagonal family alone (null for twolayer rows).
+DIAGONAL_RUN_COLUMNS = ("error_l1", "rel_error_l1", "l1_norm", "l1_gap", "r0", "r_final", "c_inf",
+                        "alpha_eff", "pred_status", "pred_error", "pred_l1_gap",
+                        "pred_rel_error_l1", "x_pred")
 ADDED_RUN_COLUMNS = frozenset(name for name, _ in ADDED_RUN_FIELDS)
 
 RUNS_SCHEMA = pa.schema(
@@ -67,19 +80,25 @@ RUNS_SCHEMA = pa.schema(
     ]
 )
 
+#: The instance parameters of the instances shard: those of wnsweep 0.1. Instance parameters
+#: added since (``family``, ``outputs``) are columns of the runs shard only, where they repeat
+#: on every run row: an instances shard written before them then stays valid (the store
+#: requires every instances column it does not list as optional).
+_INSTANCE_SHARD_PARAMS = tuple(p for p in INSTANCE_PARAMS if p.identity == "always")
+
 INSTANCES_SCHEMA = pa.schema(
     [
         ("instance_id", pa.string()),
         ("trial", pa.int64()),
-        *_param_fields(INSTANCE_PARAMS),
+        *_param_fields(_INSTANCE_SHARD_PARAMS),
         ("seed", pa.int64()),
         ("problem_file", pa.string()),  # null for generated instances
-        ("bp_solver", pa.string()),
+        ("bp_solver", pa.string()),  # bp_*, x_l1: null for twolayer instances
         ("bp_status", pa.string()),
         ("bp_seconds", pa.float64()),
         ("l1_norm_bp", pa.float64()),
         ("bp_error_truth", pa.float64()),  # null without x_star
-        ("x_star", pa.list_(pa.float64())),  # null without x_star
+        ("x_star", pa.list_(pa.float64())),  # null without x_star; twolayer: X* (N, K) row-major
         ("x_l1", pa.list_(pa.float64())),
     ]
 )

@@ -22,6 +22,13 @@ this module adds the structure around them and the checks across parameters. Che
   values, eta > 0, eta_ratio > 0, max_iters >= 1, tol >= 0, checkpoints >= 2 (a single integer),
   seed >= 0, trials >= 1, name matching ``[a-z0-9._-]+``, a solver cvxpy has installed,
   ``save_solutions`` a boolean;
+* model families (``model.family``: diagonal | twolayer, docs/MODEL.md): a parameter of one
+  family only (``model.depth``, ``problem.sign``, ``methods.wn``: diagonal; ``model.width``,
+  ``problem.outputs``, ``init.imbalance``: twolayer) is refused when none of the sweep's families
+  takes it, and required (when it has no default) when one does; ``init.scheme`` takes
+  constant | random for diagonal and random | range for twolayer (defaults constant, random), and
+  every family of the sweep must get at least one scheme; ``problem.sparsity`` may be omitted
+  for the twolayer family (X* dense); an instance file holds a diagonal-family problem;
 * a problem file: readable ``.npz`` (loaded without pickle) with a finite real 2-D ``A`` (M < N),
   a 1-D ``b`` of length M and optionally a 1-D ``x_star`` of length N (>= 0 if ``sign`` includes
   ``nonneg``).
@@ -38,20 +45,21 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import yaml
 
-from pipeline.parameters import (INSTANCE_PARAMS, METHOD_KEYS, METHODS, PARAMS, RUN_PARAMS,
-                                 SHARED_RUN_PARAMS, Param, identity_value,
-                                 is_default)
+from pipeline.parameters import (BY_NAME, INSTANCE_PARAMS, METHOD_FAMILIES,
+                                 METHOD_KEYS, METHODS, PARAMS, REQUIRED, RUN_PARAMS,
+                                 SHARED_RUN_PARAMS, Param, identity_value, is_default)
 
 __all__ = ["SpecError", "ProblemSpec", "MethodSpec", "SweepSpec", "load_spec", "parse_spec"]
 
 _NAME_RE = re.compile(r"[a-z0-9._-]+")
 _MAX_AXIS = 100_000  # a logspace/linspace longer than this is surely a typo
+_METHOD_NAMES = {"gd": "GD", "wn": "WN-GD"}
 _TOP_KEYS = ("name", "description", "seed", "trials", "problem", "model", "init", "methods",
              "train", "reference", "output")
 
@@ -97,7 +105,11 @@ class SweepSpec:
     ``axes`` maps the name of every parameter of ``pipeline.parameters.PARAMS`` that is not a
     method's own (and, for a user instance file, not a generated problem's) to its values: a
     tuple of plain Python values, defaults filled in; a single-valued setting such as
-    ``checkpoints`` is a tuple of one."""
+    ``checkpoints`` is a tuple of one; ``(None,)`` for a parameter no family of the sweep
+    takes. ``by_family[family][name]``: the values of every parameter in ``axes`` as the
+    instances of that family get them (``pipeline.plan``): ``(None,)`` where the parameter does
+    not apply to the family, the family's own default where the file omits the key, and only the
+    words the family takes (``init.scheme``)."""
 
     name: str
     description: str
@@ -112,6 +124,15 @@ class SweepSpec:
     text: str
     canonical_json: str
     spec_hash: str
+    by_family: dict[str, dict[str, tuple]] = field(default_factory=dict)
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return self.axes.get("family", ("diagonal",))
+
+    def family_axes(self, family: str) -> dict[str, tuple]:
+        """``by_family[family]``, or ``axes`` for a spec built without it."""
+        return self.by_family.get(family, self.axes)
 
     def to_dict(self) -> dict:
         """The normalized spec (defaults filled in, axes as lists), as hashed."""
@@ -197,6 +218,8 @@ class _Validator:
 
     def __init__(self, source: str, base_dir: str):
         self.source, self.base_dir = source, base_dir
+        self.given: set[str] = set()  # names of the shared parameters the file gives
+        self.families: tuple[str, ...] = ("diagonal",)
 
     def fail(self, field: str, message: str) -> SpecError:
         return SpecError(self.source, field, message)
@@ -325,18 +348,61 @@ class _Validator:
 
     # -- parameters
     def param(self, p: Param, mapping: dict, method: str | None = None) -> tuple:
-        """The values of one parameter (``pipeline.parameters``) from its section's mapping."""
+        """The values of one parameter (``pipeline.parameters``) from its section's mapping, for
+        the sweep's families (``self.families``): ``(None,)`` when no family takes it."""
         field = p.field(method)
+        families = [f for f in self.families if p.applies_to_family(f)]
+        if not families:
+            if p.key in mapping:
+                raise self.fail(field, f"{p.doc} is a parameter of the "
+                                f"{' and '.join(p.families or ())} family only; this sweep's "
+                                f"model.family is {', '.join(self.families)}")
+            return (None,)
         if p.key not in mapping:
-            if p.required:
-                extra = "; or give problem.file" if p.generated else ""
-                raise self.fail(field, f"required: {p.doc} ({p.rule()}){extra}")
-            return (p.default,)
+            defaults = [p.default_for(f) for f in families]
+            missing = [f for f, d in zip(families, defaults) if d is REQUIRED]
+            if missing:
+                extra = "; or give problem.file" if p.generated and "twolayer" not in missing \
+                    else ""
+                which = "" if (p.families is None and not p.by_family) else \
+                    f" for the {', '.join(missing)} family"
+                raise self.fail(field, f"required{which}: {p.doc} ({p.rule()}){extra}")
+            return tuple(dict.fromkeys(defaults))
+        self.given.add(p.name)
         if not p.axis:
             if p.kind != "int":
                 raise AssertionError(f"single-valued parameters are integers: {p.name}")
             return (self.scalar_int(mapping[p.key], field, int(p.ge if p.ge is not None else 0)),)
-        return self.axis(mapping[p.key], field, p.kind, p.choices, gt=p.gt, ge=p.ge)
+        values = self.axis(mapping[p.key], field, p.kind, p.choices, gt=p.gt, ge=p.ge)
+        if p.by_family and p.choices:
+            for v in values:
+                if not any(v in p.choices_for(f) for f in families):
+                    takes = "; ".join(f"{f}: {', '.join(p.choices_for(f))}" for f in families)
+                    raise self.fail(field, f"{_fmt(v)} is not for this sweep's model.family "
+                                    f"({', '.join(families)}); allowed: {takes}")
+            for f in families:
+                if not any(v in p.choices_for(f) for v in values):
+                    raise self.fail(field, f"the {f} family takes "
+                                    f"{', '.join(p.choices_for(f))}; got {', '.join(values)}")
+        return values
+
+    def family_values(self, p: Param, values: tuple, family: str) -> tuple:
+        """The values of parameter ``p`` as the instances of ``family`` get them."""
+        if not p.applies_to_family(family):
+            return (None,)
+        if p.name not in self.given and p.by_family:
+            return (p.default_for(family),)
+        if p.by_family and p.choices:
+            return tuple(v for v in values if v in p.choices_for(family))
+        return values
+
+    def read_families(self, doc: dict) -> tuple[str, ...]:
+        """``model.family`` (read first: it decides which other keys apply). A malformed model
+        section is left to its own check, in the documented order."""
+        model = doc.get("model")
+        if isinstance(model, dict) and "family" in model:
+            self.families = self.param(BY_NAME["family"], model)
+        return self.families
 
     # -- problem
     def problem(self, doc: dict) -> tuple[ProblemSpec, dict[str, tuple]]:
@@ -344,26 +410,35 @@ class _Validator:
         if doc.get("problem") is None:
             raise self.fail("problem", "required: {M, N, sparsity, sign} (generated) "
                             "or {file, sign}")
-        generated = [p for p in INSTANCE_PARAMS if p.generated]
-        prob = self.section(doc, "problem", (*(p.key for p in INSTANCE_PARAMS), "file"),
-                            hint=f"{', '.join(p.key for p in INSTANCE_PARAMS)} (generated) or "
-                            f"file, {', '.join(p.key for p in INSTANCE_PARAMS if not p.generated)}"
+        params = [p for p in INSTANCE_PARAMS if p.section == "problem"]
+        generated = [p for p in params if p.generated]
+        prob = self.section(doc, "problem", (*(p.key for p in params), "file"),
+                            hint=f"{', '.join(p.key for p in params)} (generated) or "
+                            f"file, {', '.join(p.key for p in params if not p.generated)}"
                             " (user instance)")
+        if "file" in prob and "twolayer" in self.families:
+            raise self.fail("problem.file", "an instance file holds a diagonal-family problem "
+                            "(A, b); the twolayer family takes a generated problem "
+                            "(M, N, outputs, sparsity)")
         if "file" in prob:
             mixed = [p.key for p in generated if p.key in prob]
             if mixed:
                 raise self.fail("problem", "either a generated problem (M, N, sparsity, sign) or a "
                                 f"file (file, sign), not both; got file and {', '.join(mixed)}")
-            axes = {p.name: self.param(p, prob) for p in INSTANCE_PARAMS if not p.generated}
+            axes = {p.name: self.param(p, prob) for p in params if not p.generated}
             path, sha, shape, has_x = self.problem_file(prob["file"], axes["sign"])
             return ProblemSpec(file=path, file_sha256=sha, file_shape=shape,
                                file_has_x_star=has_x), axes
-        axes = {p.name: self.param(p, prob) for p in INSTANCE_PARAMS}
-        M, N, s = axes["M"], axes["N"], axes["s"]
+        axes = {p.name: self.param(p, prob) for p in params}
+        M, N = axes["M"], axes["N"]
+        s = tuple(x for x in axes["s"] if x is not None)
         if max(M) >= min(N):
             raise self.fail("problem.M", f"M must be < N for every combination, got M = {max(M)}, "
                             f"N = {min(N)}")
-        if max(s) > min(M):
+        if s and "diagonal" not in self.families and max(s) > min(N):
+            raise self.fail("problem.sparsity", "s must be <= N for every combination, got "
+                            f"s = {max(s)}, N = {min(N)}")
+        if s and "diagonal" in self.families and max(s) > min(M):
             raise self.fail("problem.sparsity", "s must be <= M for every combination, got "
                             f"s = {max(s)}, M = {min(M)}")
         return ProblemSpec(), axes
@@ -416,9 +491,11 @@ class _Validator:
 
     # -- sections of shared run axes, and methods
     def shared_axes(self, doc: dict, section: str) -> dict[str, tuple]:
-        """The axes of one section of run parameters shared by every method."""
+        """The axes of one section of run parameters shared by every method (the section may
+        also hold instance parameters read elsewhere: ``model.family``)."""
         params = [p for p in SHARED_RUN_PARAMS if p.section == section]
-        mapping = self.section(doc, section, tuple(p.key for p in params))
+        others = tuple(p.key for p in INSTANCE_PARAMS if p.section == section)
+        mapping = self.section(doc, section, (*(p.key for p in params), *others))
         return {p.name: self.param(p, mapping) for p in params}
 
     def methods(self, doc: dict) -> tuple[MethodSpec, ...]:
@@ -431,6 +508,11 @@ class _Validator:
         for name in raw:
             if name not in METHOD_KEYS:
                 raise self.fail(f"methods.{name}", f"unknown method; allowed: {', '.join(METHODS)}")
+            if not set(METHOD_FAMILIES[name]) & set(self.families):
+                takes = [m for m in METHODS if set(METHOD_FAMILIES[m]) & set(self.families)]
+                raise self.fail(f"methods.{name}", f"{_METHOD_NAMES[name]} is defined for the "
+                                f"{' and '.join(METHOD_FAMILIES[name])} family only; the "
+                                f"{', '.join(self.families)} family takes {', '.join(takes)}")
             mapping = self.section(raw, f"methods.{name}", METHOD_KEYS[name])
             own = [p for p in RUN_PARAMS if p.methods is not None and p.applies_to(name)]
             out.append(MethodSpec(name, {p.name: self.param(p, mapping, name) for p in own}))
@@ -465,7 +547,9 @@ def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None)
         raise v.fail("description", f"expected a string, got {_describe(description)}")
     seed = v.scalar_int(doc.get("seed", 0), "seed", 0)
     trials = v.scalar_int(doc.get("trials", 1), "trials", 1)
+    families = v.read_families(doc)
     problem, axes = v.problem(doc)
+    axes["family"] = families
     for section in ("model", "init"):
         axes.update(v.shared_axes(doc, section))
     methods = v.methods(doc)
@@ -483,9 +567,15 @@ def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None)
     if not isinstance(save, bool):
         raise v.fail("output.save_solutions", f"expected true or false, got {_describe(save)}")
 
+    by_family = {f: {**{name: v.family_values(BY_NAME[name], values, f)
+                        for name, values in axes.items()}, "family": (f,)} for f in families}
+    # with several families, an omitted key with per-family defaults is not the list of those
+    # defaults (each family gets its own): it stays out of the canonical spec
+    per_family = {name for name in axes if BY_NAME[name].by_family and name not in v.given} \
+        if len(families) > 1 else set()
     canonical = {
         "name": name, "description": description, "seed": seed, "trials": trials,
-        **_canonical_axes(problem, axes, methods),
+        **_canonical_axes(problem, axes, methods, omit=per_family),
         "reference": {"solver": solver},
         "output": {"save_solutions": save},
     }
@@ -495,25 +585,29 @@ def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None)
         axes=axes, methods=methods, bp_solver=solver, save_solutions=save, source=source,
         text=text, canonical_json=canonical_json,
         spec_hash=hashlib.sha256(canonical_json.encode()).hexdigest(),
+        by_family=by_family,
     )
 
 
 def _canonical_axes(problem: ProblemSpec, axes: dict[str, tuple],
-                    methods: tuple[MethodSpec, ...]) -> dict:
+                    methods: tuple[MethodSpec, ...], omit: set[str] = frozenset()) -> dict:
     """The parameters' part of the canonical spec: ``{section: {key: [values]}}`` (a single
     value for single-valued settings). A parameter added after wnsweep 0.1 appears only when
-    it differs from its default, so that the hash of an older sweep file does not change."""
+    it differs from its default, so that the hash of an older sweep file does not change. A
+    parameter no family of the sweep takes does not appear, nor do the parameters in ``omit``."""
     out: dict[str, dict] = {"problem": {}, "model": {}, "init": {}, "methods": {}, "train": {}}
     if problem.file is not None:
         out["problem"]["sha256"] = problem.file_sha256
 
     def put(target: dict, p: Param, values: tuple) -> None:
+        if all(x is None for x in values):  # a parameter no family of the sweep takes
+            return
         if p.identity == "unless_default" and all(is_default(p, x) for x in values):
             return
         target[p.key] = list(values) if p.axis else values[0]
 
     for p in PARAMS:
-        if p.name in axes:
+        if p.name in axes and p.name not in omit:
             put(out[p.section], p, axes[p.name])
     for m in methods:
         target = out["methods"].setdefault(m.name, {})

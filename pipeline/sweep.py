@@ -65,8 +65,9 @@ def check_size(spec: SweepSpec, max_runs: int = MAX_RUNS) -> int:
     runs = count_runs(spec)
     if runs <= max_runs:
         return runs
-    instance, shared, methods = run_count_factors(spec)
-    sized = instance + shared + [a for _, axes in methods for a in axes]
+    families = run_count_factors(spec)
+    sized = [factor for _, instance, shared, methods in families
+             for factor in instance + shared + [a for _, axes in methods for a in axes]]
     largest = max(sized, key=lambda item: item[1])[0]
 
     def product(factors: list[tuple[str, int]]) -> str:
@@ -78,16 +79,19 @@ def check_size(spec: SweepSpec, max_runs: int = MAX_RUNS) -> int:
             out *= n
         return out
 
-    n_instances = size(instance)
-    per_instance = runs // n_instances
-    methods_text = " + ".join(f"{name} {size(axes):,}" + (f" ({product(axes)})" if size(axes) > 1
-                                                          else "") for name, axes in methods)
+    parts = []
+    for family, instance, shared, methods in families:
+        per_instance = size(shared) * sum(size(axes) for _, axes in methods)
+        methods_text = " + ".join(f"{name} {size(axes):,}" + (
+            f" ({product(axes)})" if size(axes) > 1 else "") for name, axes in methods)
+        label = f"{family}: " if len(families) > 1 else ""
+        parts.append(f"{label}{size(instance):,} instances ({product(instance)}) x "
+                     f"{per_instance:,} runs per instance ({product(shared)} x methods "
+                     f"[{methods_text}])")
     raise SweepTooLarge(
         spec.source, largest,
         f"{runs:,} runs, more than the maximum of {max_runs:,} (--max-runs): {runs:,} = "
-        f"{n_instances:,} instances ({product(instance)}) x {per_instance:,} runs per instance "
-        f"({product(shared)} x methods [{methods_text}]); reduce an axis or trials, or raise "
-        "--max-runs")
+        + " + ".join(parts) + "; reduce an axis or trials, or raise --max-runs")
 
 
 def plan_text(spec_path: str, out: str | None = None, max_runs: int = MAX_RUNS) -> str:

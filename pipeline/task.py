@@ -6,6 +6,7 @@ process, on any worker. Random matrices are generated here from the instance see
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import socket
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from pipeline import (dynamics, initialization, metrics, models, problems, reference, schema,
-                      theory)
+                      theory, twolayer)
 from pipeline.parameters import INSTANCE_PARAMS, RUN_PARAMS
 from pipeline.plan import InstanceKey, Run, Task
 
@@ -55,7 +56,12 @@ def _run_task(task: Task, problem_bytes: bytes | None, node: str) -> TaskResult:
         runs_by_instance.setdefault(run.instance_id, []).append(run)
     run_rows: dict[str, list[dict]] = {}
     instance_rows: dict[str, dict] = {}
-    for call in _engine_calls(task.instances, runs_by_instance):
+    for inst in task.instances:  # the two-layer family: its own engine (pipeline.twolayer)
+        if inst.family == "twolayer":
+            instance_rows[inst.instance_id], run_rows[inst.instance_id] = _run_twolayer(
+                task, inst, runs_by_instance[inst.instance_id], node)
+    diagonal = tuple(inst for inst in task.instances if inst.family != "twolayer")
+    for call in _engine_calls(diagonal, runs_by_instance):
         loaded = [load_problem(inst, problem_bytes) for inst in call]
         bps = [reference.basis_pursuit(problem.A, problem.b, nonneg=not inst.signed,
                                        solver=task.bp_solver)
@@ -147,6 +153,7 @@ def _run_row(task: Task, inst: InstanceKey, problem: problems.Instance,
         "curve_iter": result.curve_iter.tolist(), "curve_loss": result.curve_loss.tolist(),
         "x_final": result.x_final.tolist() if task.save_solutions else None,
         "seconds": result.seconds, "node": node,
+        **{name: None for name in schema.TWOLAYER_RUN_COLUMNS},
     }
     if run.method == "wn":
         row.update(metrics.wn_metrics(run.alpha, run.eta_ratio, result.r0, result.r_final))
@@ -158,6 +165,90 @@ def _instance_columns(inst: InstanceKey, problem: problems.Instance) -> dict:
     instance file, s counts the nonzeros of its x_star)."""
     return {**{p.name: inst.params[p.name] for p in INSTANCE_PARAMS if p.column},
             "M": problem.M, "N": problem.N, "s": problem.s}
+
+
+# --------------------------------------------------------------------- the two-layer family
+
+#: The most runs of one two-layer instance per engine call (their initial weights are held at
+#: once; ``twolayer.run_batch`` advances them in cache-sized chunks of one width).
+TWOLAYER_CALL_RUNS = 256
+
+
+def _twolayer_config(run: Run) -> twolayer.TwoLayerConfig:
+    """The engine settings of a two-layer run: its width, and every parameter with an ``engine``
+    field that the two-layer engine takes (eta, max_iters, tol, checkpoints)."""
+    takes = {f.name for f in dataclasses.fields(twolayer.TwoLayerConfig)}
+    settings = {p.engine: run.params[p.name] for p in RUN_PARAMS
+                if p.engine in takes and p.applies_to_family("twolayer")}
+    return twolayer.TwoLayerConfig(width=run.width, **settings)
+
+
+def _twolayer_weights(inst: InstanceKey, A: np.ndarray, K: int,
+                      runs: list[Run]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(U0s, V0s): U0 (N, width) and V0 (K, width) per run, from the instance seed, so that the
+    runs of one instance and width share one Gaussian draw across alpha, imbalance and scheme
+    (paired design; ``twolayer.initial_weights``)."""
+    pairs = [twolayer.initial_weights(inst.N, K, r.width, r.alpha, r.init, r.imbalance,
+                                      inst.seed, A=A) for r in runs]
+    return [U for U, _ in pairs], [V for _, V in pairs]
+
+
+def _run_twolayer(task: Task, inst: InstanceKey, runs: list[Run],
+                  node: str) -> tuple[dict, list[dict]]:
+    """The instance row and the run rows of one two-layer instance: the instance from its seed
+    (``twolayer.generate_instance``), the reference P* = A^+ Y, every run through the batched
+    engine (``twolayer.run_batch``, TWOLAYER_CALL_RUNS runs per call). Diagonal-only columns
+    are null."""
+    K = inst.params["outputs"]
+    problem = twolayer.generate_instance(inst.M, inst.N, K, inst.seed, sparsity=inst.s)
+    A, Y, X_star = problem.A, problem.Y, problem.X_star
+    P_ref = twolayer.min_norm_solution(A, Y)
+    instance_row = {
+        "instance_id": inst.instance_id, "trial": inst.trial,
+        **_twolayer_instance_columns(inst), "seed": inst.seed, "problem_file": None,
+        "bp_solver": None, "bp_status": None, "bp_seconds": None, "l1_norm_bp": None,
+        "bp_error_truth": None, "x_star": X_star.ravel().tolist(), "x_l1": None,
+    }
+    rows: list[dict] = []
+    for start in range(0, len(runs), TWOLAYER_CALL_RUNS):
+        batch = runs[start:start + TWOLAYER_CALL_RUNS]
+        U0s, V0s = _twolayer_weights(inst, A, K, batch)
+        results = twolayer.run_batch(A, Y, [_twolayer_config(r) for r in batch], U0s, V0s)
+        rows += [_twolayer_row(task, inst, run, result, P_ref, X_star, node)
+                 for run, result in zip(batch, results)]
+    return instance_row, rows
+
+
+def _twolayer_instance_columns(inst: InstanceKey) -> dict:
+    return {p.name: inst.params[p.name] for p in INSTANCE_PARAMS if p.column}
+
+
+def _twolayer_row(task: Task, inst: InstanceKey, run: Run, result: twolayer.TwoLayerResult,
+                  P_ref: np.ndarray, X_star: np.ndarray, node: str) -> dict:
+    """One run row: P = U V^T (N, K) against P* (N, K) and X* (N, K); nulls for diagonal-only
+    columns; ``rate`` null where the curve cannot be fitted (diverged, too few points)."""
+    P = result.product
+    with np.errstate(over="ignore", invalid="ignore"):
+        error_min_norm = twolayer.error_min_norm(P, P_ref)
+        error_truth = float(np.linalg.norm(P - X_star))
+    return {
+        "run_id": run.run_id, "sweep": task.sweep, "trial": inst.trial,
+        "instance_id": inst.instance_id, "method": run.method,
+        **_twolayer_instance_columns(inst),
+        **{p.name: run.params[p.name] for p in RUN_PARAMS if p.column},
+        "status": result.status, "iterations": result.iterations,
+        "loss_final": result.loss_final,
+        **{name: None for name in schema.DIAGONAL_RUN_COLUMNS},
+        "error_truth": error_truth,
+        "curve_iter": result.curve_iter.tolist(), "curve_loss": result.curve_loss.tolist(),
+        "x_final": P.ravel().tolist() if task.save_solutions else None,
+        "seconds": result.seconds, "node": node,
+        "error_min_norm": error_min_norm,
+        "rate": result.rate if np.isfinite(result.rate) else None,
+        "imbalance_min": result.imbalance.lambda_min,
+        "imbalance_max": result.imbalance.lambda_max,
+        "imbalance_margin": result.imbalance.margin,
+    }
 
 
 class Predictions:

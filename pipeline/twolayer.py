@@ -379,7 +379,7 @@ def run_batch(
     Y = np.asarray(Y, dtype=np.float64)
     if A.ndim != 2 or Y.ndim != 2 or Y.shape[0] != A.shape[0]:
         raise ValueError(f"need A (M, N) and Y (M, K), got A {A.shape} and Y {Y.shape}")
-    (M, N), K = A.shape, Y.shape[1]
+    N, K = A.shape[1], Y.shape[1]
     results: list[TwoLayerResult | None] = [None] * len(configs)
     for width in sorted({c.width for c in configs}):
         rows = [i for i, c in enumerate(configs) if c.width == width]
@@ -417,7 +417,7 @@ class _WidthGroup:
         U0s: Sequence[np.ndarray], V0s: Sequence[np.ndarray], return_weights: bool,
     ) -> None:
         self.A, self.A_T, self.Y_T = A, np.ascontiguousarray(A.T), np.ascontiguousarray(Y.T)
-        (M, N), K, h = A.shape, Y.shape[1], configs[0].width
+        N, K, h = A.shape[1], Y.shape[1], configs[0].width
         self.configs, self.return_weights = configs, return_weights
         B = len(configs)
         U = np.empty((B, N, h))

@@ -165,6 +165,8 @@ def grid_runs(
     GD:  error = alpha * s * 1e-2 * (1 + 0.1 * trial)
     WN:  error = GD error * eta_ratio      (so the paired ratio is 1 / eta_ratio)
          alpha_eff = alpha * eta_ratio
+    Theory overlay (both): pred_status ok, pred_rel_error_l1 = error / 2, pred_error = alpha / 10,
+         pred_l1_gap = 0.
     Loss curves: [1, 0.1, 1e-3, 1e-13] at iterations [0, 1, 10, 100] (WN: at [0, 1, 5, 50]).
     """
     rows = []
@@ -173,13 +175,16 @@ def grid_runs(
             for a in alphas:
                 for t in range(trials):
                     e = a * s * 1e-2 * (1 + 0.1 * t)
-                    rows.append(run_row(method="gd", L=L, s=s, alpha=a, trial=t, error_l1=e))
+                    pred = {"pred_status": "ok", "pred_error": a / 10, "pred_l1_gap": 0.0}
+                    rows.append(run_row(method="gd", L=L, s=s, alpha=a, trial=t, error_l1=e,
+                                        pred_rel_error_l1=e / 2, **pred))
                     for r in eta_ratios:
                         rows.append(
                             run_row(
                                 method="wn", L=L, s=s, alpha=a, trial=t, eta_ratio=r,
                                 error_l1=e * r, alpha_eff=a * r, r0=1.0, r_final=2.0,
                                 c_inf=-math.log(r), curve_iter=[0, 1, 5, 50],
+                                pred_rel_error_l1=e * r / 2, **pred,
                             )
                         )
     return rows

@@ -30,7 +30,7 @@ from pipeline import parameters, schema
 from pipeline.parameters import PARAMS, RUN_PARAMS, Param
 from pipeline.plan import make_plan
 from pipeline.spec import SpecError, load_spec, parse_spec
-from pipeline.task import _config, run_task
+from pipeline.task import _config, _twolayer_config, run_task
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITIES = json.loads((REPO / "tests" / "data" / "identities.json").read_text())
@@ -44,21 +44,45 @@ BASE = {
     "train": {"max_iters": 20},
 }
 
+#: The base of the two-layer family's parameters.
+TWOLAYER = {
+    "name": "table",
+    "problem": {"M": 4, "N": 8},
+    "model": {"family": "twolayer", "width": 3},
+    "init": {"alpha": 0.1},
+    "methods": {"gd": {"eta": 0.05}},
+    "train": {"max_iters": 20},
+}
+
 #: A valid value of each parameter other than the one BASE gives (or its default).
 OTHER = {"sign": "signed", "M": 5, "N": 9, "s": 3, "L": 3, "init": "random", "alpha": 0.2,
          "eta": 0.02, "eta_ratio": 0.5, "schedule": "normalized", "max_iters": 30, "tol": 1e-9,
-         "checkpoints": 8}
+         "checkpoints": 8, "family": "twolayer", "outputs": 2, "width": 7, "imbalance": 1.5}
 
 
 def _method(p: Param) -> str | None:
     return None if p.methods is None else p.methods[-1]
 
 
+def _base(p: Param) -> dict:
+    """The sweep a parameter's test starts from: TWOLAYER for the two-layer family's own."""
+    return TWOLAYER if p.families == ("twolayer",) else BASE
+
+
 def _with(p: Param, value, method: str | None = None) -> dict:
-    """BASE with parameter ``p`` set to ``value`` (for ``method`` if it is a method's own)."""
-    doc = json.loads(json.dumps(BASE))
+    """The base sweep with parameter ``p`` set to ``value`` (for ``method`` if it is a method's
+    own); setting ``model.family`` also adds the width a twolayer family needs and drops what
+    the diagonal family alone takes when it is no longer among the families."""
+    doc = json.loads(json.dumps(_base(p)))
     section = doc["methods"][method or _method(p)] if p.methods else doc.setdefault(p.section, {})
     section[p.key] = value
+    if p.name == "family" and isinstance(value, (str, list)):
+        families = value if isinstance(value, list) else [value]
+        if "twolayer" in families:
+            doc["model"]["width"] = 3
+        if "diagonal" not in families:
+            doc["model"].pop("depth")
+            doc["methods"].pop("wn")
     return doc
 
 
@@ -98,9 +122,9 @@ def test_validation_follows_the_table(p: Param):
             with pytest.raises(SpecError, match="unknown key") as info:
                 _spec(_with(p, OTHER[p.name], other))
             assert info.value.field == f"methods.{other}.{p.key}"
-    doc = _with(p, OTHER[p.name])
-    section = doc["methods"][_method(p)] if p.methods else doc[p.section]
-    del section[p.key]
+    doc = json.loads(json.dumps(_base(p)))
+    section = doc["methods"][_method(p)] if p.methods else doc.setdefault(p.section, {})
+    section.pop(p.key, None)
     if p.required:
         with pytest.raises(SpecError, match="required") as info:
             _spec(doc)
@@ -113,7 +137,7 @@ def test_validation_follows_the_table(p: Param):
 
 @pytest.mark.parametrize("p", [p for p in PARAMS if p.axis], ids=lambda p: p.name)
 def test_identity_and_canonical_spec_follow_the_table(p: Param):
-    base = _spec(BASE)
+    base = _spec(_base(p))
     base_value = (base.methods[-1].axes if p.methods else base.axes)[p.name][0]
     one = _spec(_with(p, OTHER[p.name]))
     both = _spec(_with(p, [OTHER[p.name], base_value]))
@@ -184,8 +208,40 @@ def test_engine_config_and_rows_follow_the_table():
                 assert value is None and (not p.column or row[p.name] is None)
         for p in parameters.INSTANCE_PARAMS:
             assert row[p.name] == inst.params[p.name]
+        for p in PARAMS:  # the two-layer family's own parameters are null for diagonal rows
+            if p.column and not p.applies_to_family("diagonal"):
+                assert row[p.name] is None, p.name
     instance_row = result.instances.to_pylist()[0]
-    assert all(instance_row[p.name] == inst.params[p.name] for p in parameters.INSTANCE_PARAMS)
+    assert all(instance_row[p.name] == inst.params[p.name] for p in parameters.INSTANCE_PARAMS
+               if p.name in schema.INSTANCES_SCHEMA.names)
+
+
+def test_twolayer_config_and_rows_follow_the_table():
+    doc = json.loads(json.dumps(TWOLAYER))
+    doc["init"].update(imbalance=1.0, scheme=["random", "range"])
+    doc["train"].update(tol=1e-9, checkpoints=8)
+    doc["problem"]["outputs"] = 2
+    plan = make_plan(_spec(doc))
+    [task] = plan.tasks()
+    rows = run_task(task).runs.to_pylist()
+    assert len(rows) == len(plan.runs) == 2
+    by_id = {r.run_id: r for r in plan.runs}
+    inst = plan.instances[0]
+    for row in rows:
+        run = by_id[row["run_id"]]
+        config = _twolayer_config(run)
+        for p in RUN_PARAMS:
+            value = run.params[p.name]
+            if p.column:
+                assert row[p.name] == value, p.name
+            if not p.applies_to_family("twolayer"):
+                assert value is None, p.name
+            elif p.engine is not None and hasattr(config, p.engine):
+                assert getattr(config, p.engine) == value
+        assert config.width == run.width == 3
+        for p in parameters.INSTANCE_PARAMS:
+            assert row[p.name] == inst.params[p.name]
+        assert row["family"] == "twolayer" and row["outputs"] == 2 and row["sign"] is None
 
 
 def test_schema_follows_the_table():
@@ -194,8 +250,10 @@ def test_schema_follows_the_table():
             assert p.name not in schema.RUNS_SCHEMA.names
             continue
         assert schema.RUNS_SCHEMA.field(p.name).type == schema.ARROW_TYPES[p.kind]
-        if p.scope == "instance":
+        if p.scope == "instance" and p.identity == "always":
             assert schema.INSTANCES_SCHEMA.field(p.name).type == schema.ARROW_TYPES[p.kind]
+        elif p.scope == "instance":  # added since 0.1: in the runs shard only (see schema.py)
+            assert p.name not in schema.INSTANCES_SCHEMA.names
 
 
 @pytest.mark.parametrize("p", [p for p in PARAMS if p.column], ids=lambda p: p.name)
@@ -203,6 +261,7 @@ def test_runs_differing_in_one_parameter_are_different_cells(p: Param):
     row = {"run_id": "r", "trial": 0, "instance_id": "i", "method": "wn", "sign": "nonneg",
            "M": 4, "N": 8, "s": 2, "L": 2, "init": "constant", "alpha": 0.1, "eta": 0.05,
            "eta_ratio": 1.0, "schedule": "constant", "max_iters": 20, "tol": 1e-12,
+           "family": "diagonal", "outputs": None, "width": None, "imbalance": None,
            "status": "converged", "iterations": 3, "error_l1": 1.0, "rel_error_l1": 0.5}
     other = {**row, "run_id": "r2", p.name: OTHER[p.name]}
     assert set(row) >= set(parameters.COLUMNS)

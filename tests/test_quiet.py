@@ -70,7 +70,8 @@ def test_a_failing_ray_task_is_named_with_its_traceback(ray_local, make_sweep):
     yet a task's exception reaches the driver with the task's id and the worker's traceback."""
     tasks = plan.make_plan(spec.load_spec(make_sweep(trials=1))).tasks(task_seconds=0.01)
     broken = dataclasses.replace(tasks[0], instances=tuple(
-        dataclasses.replace(inst, s=inst.M + 1) for inst in tasks[0].instances))
+        dataclasses.replace(inst, params={**inst.params, "s": inst.M + 1})
+        for inst in tasks[0].instances))
     done = []
     report = executors.run_ray([broken, tasks[1]], done.append)
     assert [result.task_id for result in done] == [tasks[1].task_id]

@@ -98,6 +98,17 @@ def test_lazy_planning_of_an_instance_file_and_of_many_shapes(tmp_path):
         "model: {depth: 2}\ninit: {alpha: [0.1, 0.2, 0.4]}\n"
         "methods: {gd: {eta: 0.01}, wn: {eta: 0.01, eta_ratio: [0.1, 1]}}\n"
         "train: {max_iters: [500, 3000]}\n"))
+    # both model families: their own instance and run axes, and methods (wn: diagonal only)
+    mixed = spec.parse_spec(
+        "name: mixed\nseed: 4\ntrials: 5\nproblem: {M: 6, N: 15, sparsity: [1, 2]}\n"
+        "model: {family: [diagonal, twolayer], depth: [2, 3], width: [4, 8]}\n"
+        "init: {scheme: random, alpha: [0.1, 0.3]}\n"
+        "methods: {gd: {eta: 0.05}, wn: {eta: 0.05, eta_ratio: [0.1, 1]}}\n"
+        "train: {max_iters: 200}\n")
+    assert plan.count_runs(mixed) == len(plan.make_plan(mixed).runs)
+    assert_lazy_is_todays(mixed)
+    assert plan.summarize_lazy(mixed, plan.lazy_tasks(mixed)) == plan.summarize(
+        plan.make_plan(mixed), plan.make_plan(mixed).tasks())
 
 
 def test_lazy_tasks_leave_out_stored_runs(make_sweep):
