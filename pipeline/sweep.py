@@ -4,10 +4,14 @@ Size: a sweep of more than ``max_runs`` runs (default ``MAX_RUNS``, ``--max-runs
 before it is planned, from the run count of the validated spec (``plan.count_runs``), with a
 message naming its axes and their product: a typo's extra zeros in ``trials`` costs nothing.
 
+Planning is lazy (``plan.lazy_tasks``): a task is a few integers, expanded into its runs where it
+runs, so a fresh sweep costs the driver per task, not per run.
+
 Resume: the store's inventory (shard footers and run_id columns only, ``pipeline.folder``) says
-which run_ids already sit in valid shards; only the others are planned into tasks. Unusable
-shards (truncated, corrupt, half-written) are moved to ``corrupt/`` first, so their runs are
-computed again and the dataset never holds a damaged file.
+which run_ids already sit in valid shards; each task is then expanded on the driver as it is
+submitted, and only its other runs are computed (``Pending``). Unusable shards (truncated,
+corrupt, half-written) are moved to ``corrupt/`` first, so their runs are computed again and the
+dataset never holds a damaged file.
 
 Who writes the shards: the task that computed them, where it ran, when the output is an object
 store or a local path that task's node sees (``executors``); otherwise the driver. Either way a
@@ -24,14 +28,8 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from pipeline import executors, store
-from pipeline.plan import (
-    TASK_SECONDS,
-    LazyTask,
-    count_runs,
-    lazy_tasks,
-    run_count_factors,
-    summarize_lazy,
-)
+from pipeline.plan import (TASK_SECONDS, LazyTask, count_runs, lazy_tasks, run_count_factors,
+                           summarize_lazy)
 from pipeline.spec import SpecError, SweepSpec, load_spec, parse_spec
 
 #: The most runs a sweep may have unless ``max_runs`` (``--max-runs``) says otherwise.
