@@ -335,6 +335,7 @@ def test_alpha_eff_statement():
     assert gap_alpha > 20 * gap_eff
 
 
+@pytest.mark.slow
 def test_headline_wn_beats_gd_at_alpha_0_1():
     """nonneg, L = 2, alpha = 0.1, eta~ = 0.01: WN-GD's error to the basis-pursuit solution is at
     least 100x smaller than GD's on a fixed instance."""

@@ -270,6 +270,7 @@ def _runs_by_id(tasks) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_task_grouping_and_trial_count_do_not_change_results():
     """The same run_id in a sweep of 2 trials and of 12 (more instances per engine call), and
     with one task per instance or one task for all: the same x_final to 1e-12 (the sweep has

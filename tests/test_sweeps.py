@@ -30,6 +30,7 @@ def planned_ids(path) -> set[str]:
     return set(plan.make_plan(spec.load_spec(path)).run_ids)
 
 
+@pytest.mark.slow
 def test_ray_and_serial_give_identical_results(ray_local, make_sweep, tmp_path):
     path = make_sweep()
     serial = sweep.run_sweep(str(path), out=str(tmp_path / "serial"), executor="serial",
