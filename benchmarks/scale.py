@@ -101,7 +101,7 @@ def _child(args: list[str], cap_gb: float, timeout: float) -> dict:
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
     proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=limit,
+                          timeout=timeout, preexec_fn=limit, check=False,
                           env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -172,7 +172,7 @@ def _status_child(out: str, mode: str) -> None:
     """In a fresh process (cold Python, warm OS cache): time one way of reading the folder."""
     start = time.perf_counter()
     if mode == "status":
-        text, healthy = sweep.status_text(out)
+        text, _ = sweep.status_text(out)
         detail = text.splitlines()[-1]
     elif mode == "inventory":
         inventory = store.ResultsStore(out).inventory()

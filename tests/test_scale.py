@@ -174,7 +174,7 @@ def test_status_reads_metadata_so_a_damaged_curve_page_is_for_load_to_name(make_
     out = tmp_path / "out"
     sweep.run_sweep(str(path), out=str(out), executor="serial", progress=False,
                     task_seconds=0.01)
-    victim = sorted((out / "runs").glob("part-*.parquet"))[0]
+    victim = min((out / "runs").glob("part-*.parquet"))
     victim.write_bytes(damage_a_curve_page(victim.read_bytes()))
     assert cli.main(["status", str(out)]) == 0
     assert "done 80 / 80 runs, missing 0, corrupt shards 0" in capsys.readouterr().out
