@@ -190,6 +190,7 @@ def test_status_reads_metadata_so_a_damaged_curve_page_is_for_load_to_name(make_
     assert again.computed == 40 and len(analysis.load(out)) == 80
 
 
+@pytest.mark.slow  # a Ray instance
 def test_ray_tasks_write_their_shards_and_a_repeated_task_rewrites_the_same_names(
         ray_local, make_sweep, tmp_path):
     path = make_sweep(trials=1)
