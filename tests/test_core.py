@@ -141,6 +141,7 @@ def mixed_batch(N, seed=3):
     return configs, w0
 
 
+@pytest.mark.slow
 def test_mixed_batch_equals_plain_loop(inst):
     configs, w0 = mixed_batch(inst.N)
     results = dynamics.run_batch(inst.A, inst.b, configs, w0)
@@ -207,6 +208,7 @@ def test_loss_curve_is_log_spaced_with_first_and_last(inst):
     assert ratios.max() < 1.5 and ratios.min() > 1.2  # log-spaced: a near-constant ratio
 
 
+@pytest.mark.slow
 def test_flush_keeps_results_within_tolerance_on_long_runs(inst):
     """A long WN run drives off-support entries far below 1e-100: the flush of tiny entries
     (dynamics.FLUSH_POWER) must not change the result beyond rounding."""

@@ -30,6 +30,7 @@ def wnsweep_run(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_serial_run_prints_only_the_summary(make_sweep, tmp_path):
     proc = wnsweep_run(str(make_sweep()), "--out", str(tmp_path / "out"), "--executor", "serial",
                        "--no-progress")

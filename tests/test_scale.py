@@ -78,8 +78,10 @@ def assert_lazy_is_todays(loaded: spec.SweepSpec) -> None:
             assert abs(t.est_seconds - expected.est_seconds) <= 1e-9 * expected.est_seconds
 
 
-@pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.stem for p in SWEEP_FILES])
-def test_lazy_planning_gives_todays_tasks_runs_and_seeds(path):
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.slow) if p.stem in ("robustness", "example") else p
+    for p in SWEEP_FILES], ids=[p.stem for p in SWEEP_FILES])
+def test_lazy_planning_gives_todays_tasks_runs_and_seeds(path):  # the largest two: slow tier
     assert_lazy_is_todays(spec.load_spec(path))
 
 

@@ -258,6 +258,7 @@ def _user_instance(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_user_instance_file_through_ray_and_serial(ray_local, tmp_path):
     path = _user_instance(tmp_path)
     for executor in ("serial", "ray"):
