@@ -321,28 +321,28 @@ def _instance(spec: SweepSpec, params: dict[str, Any], trial: int) -> InstanceKe
 
 def summarize(plan: Plan, tasks: list[Task]) -> str:
     """The text `wnsweep plan` prints: counts and a cost estimate."""
-    spec = plan.spec
     by_method: dict[str, int] = {}
     for run in plan.runs:
         by_method[run.method] = by_method.get(run.method, 0) + 1
-    todo = sum(len(t.runs) for t in tasks)
+    twolayer = sum(inst.family == "twolayer" for inst in plan.instances)
+    return _summary(plan.spec, by_method, len(plan.instances), twolayer, tasks)
+
+
+def _summary(spec: SweepSpec, by_method: dict[str, int], n_instances: int, twolayer: int,
+             tasks: list[LazyTask] | list[Task]) -> str:
+    """The lines of ``summarize`` / ``summarize_lazy`` from the counts and the tasks to run."""
+    todo = sum(t.runs_count if isinstance(t, LazyTask) else len(t.runs) for t in tasks)
     cpu = sum(t.est_seconds for t in tasks)
     lines = [
         f"sweep {spec.name} ({spec.source}), spec hash {spec.spec_hash[:12]}",
-        f"runs:      {len(plan.runs)} ("
+        f"runs:      {sum(by_method.values())} ("
         + ", ".join(f"{m} {n}" for m, n in sorted(by_method.items())) + ")",
-        f"instances: {len(plan.instances)} ({_instance_note(plan)})",
+        f"instances: {n_instances} ({_note(n_instances, twolayer)})",
         f"to run:    {todo} runs in {len(tasks)} tasks",
         f"cost:      at most ~{_duration(cpu)} of CPU time (every run to max_iters); "
         f"~{_duration(cpu / 2)} on 2 CPUs",
     ]
     return "\n".join(lines)
-
-
-def _instance_note(plan: Plan) -> str:
-    """What the instances need besides their runs: a basis-pursuit solve per diagonal instance."""
-    twolayer = sum(inst.family == "twolayer" for inst in plan.instances)
-    return _note(len(plan.instances), twolayer)
 
 
 def _note(instances: int, twolayer: int) -> str:
@@ -513,16 +513,4 @@ def summarize_lazy(spec: SweepSpec, tasks: list[LazyTask] | list[Task]) -> str:
             by_method[run.method] = by_method.get(run.method, 0) + spec.trials
     instances = [inst for inst, _ in representatives]
     twolayer = sum(inst.family == "twolayer" for inst in instances) * spec.trials
-    n_instances = len(instances) * spec.trials
-    todo = sum(t.runs_count if isinstance(t, LazyTask) else len(t.runs) for t in tasks)
-    cpu = sum(t.est_seconds for t in tasks)
-    lines = [
-        f"sweep {spec.name} ({spec.source}), spec hash {spec.spec_hash[:12]}",
-        f"runs:      {sum(by_method.values())} ("
-        + ", ".join(f"{m} {n}" for m, n in sorted(by_method.items())) + ")",
-        f"instances: {n_instances} ({_note(n_instances, twolayer)})",
-        f"to run:    {todo} runs in {len(tasks)} tasks",
-        f"cost:      at most ~{_duration(cpu)} of CPU time (every run to max_iters); "
-        f"~{_duration(cpu / 2)} on 2 CPUs",
-    ]
-    return "\n".join(lines)
+    return _summary(spec, by_method, len(instances) * spec.trials, twolayer, tasks)
