@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,13 @@ def make_sweep(tmp_path):
         return path
 
     return make
+
+
+def wait_for_shards(folder: Path, count: int, proc: subprocess.Popen, timeout: float) -> None:
+    """Wait until ``folder/runs`` holds ``count`` shards, failing if ``proc`` (a `wnsweep run`
+    writing there) exits first or ``timeout`` seconds pass. For the tests that kill a sweep."""
+    deadline = time.monotonic() + timeout
+    while len(list((folder / "runs").glob("part-*.parquet"))) < count:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no shard was written in time"
+        time.sleep(0.2)

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,7 +17,7 @@ import analysis
 from analysis import ShardError
 from pipeline import cli, executors, plan, spec, store, sweep
 from pipeline.folder import RunIds
-from tests.conftest import REPO, SLOW_SWEEP
+from tests.conftest import REPO, SLOW_SWEEP, wait_for_shards
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml")) + sorted(
     (REPO / "tests" / "data" / "sweeps").glob("*.yaml"))
@@ -232,16 +231,6 @@ def test_a_task_on_a_node_that_does_not_see_the_folder_hands_its_tables_back(mak
     assert done.result is None and len(list((tmp_path / "out").glob("runs/part-*"))) == 1
 
 
-def _wait_for_shards(folder: Path, count: int, proc: subprocess.Popen, timeout: float) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while len(list((folder / "runs").glob("part-*.parquet"))) < count:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no shard was written in time"
-        time.sleep(0.2)
-
-
 @pytest.mark.slow
 def test_resume_after_sigkill_of_a_folder_written_by_workers_is_exact(ray_local, make_sweep,
                                                                       tmp_path):
@@ -252,7 +241,7 @@ def test_resume_after_sigkill_of_a_folder_written_by_workers_is_exact(ray_local,
          "--task-seconds", "0.01", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        _wait_for_shards(out, 2, proc, timeout=240)
+        wait_for_shards(out, 2, proc, timeout=240)
         os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray instance and its workers
         proc.wait()
     finally:

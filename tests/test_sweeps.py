@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 
 import analysis
 from pipeline import cli, plan, spec, store, sweep
-from tests.conftest import REPO, SLOW_SWEEP
+from tests.conftest import REPO, SLOW_SWEEP, wait_for_shards
 
 METRICS = ["status", "iterations", "loss_final", "error_l1", "rel_error_l1", "error_truth",
            "l1_norm", "l1_gap", "r0", "r_final", "c_inf", "alpha_eff", "curve_iter", "curve_loss"]
@@ -148,16 +147,6 @@ def test_bad_sweep_file_through_the_real_command(tmp_path):
     assert not (tmp_path / "o").exists() and not (tmp_path / "results").exists()
 
 
-
-
-def _wait_for_shards(folder: Path, count: int, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while len(list((folder / "runs").glob("part-*.parquet"))) < count:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the driver wrote no shard in time"
-        time.sleep(0.2)
-
-
 @pytest.mark.slow
 def test_killed_driver_loses_and_duplicates_nothing(ray_local, make_sweep, tmp_path):
     path = make_sweep(text=SLOW_SWEEP)
@@ -167,7 +156,7 @@ def test_killed_driver_loses_and_duplicates_nothing(ray_local, make_sweep, tmp_p
          "--task-seconds", "0.01", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        _wait_for_shards(out, 2, proc, timeout=240)
+        wait_for_shards(out, 2, proc, timeout=240)
         os.kill(proc.pid, signal.SIGKILL)  # the driver only; its Ray processes are orphaned
         proc.wait()
     finally:
@@ -192,7 +181,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_completes(make_sweep, tmp_path):
         [sys.executable, "-m", "pipeline", "run", str(path), "--out", str(out),
          "--executor", "serial", "--task-seconds", "0.01", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_shards(out, 1, proc, timeout=120)
+    wait_for_shards(out, 1, proc, timeout=120)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err
