@@ -1,32 +1,33 @@
 """Batched GD and WN-GD on diagonal linear networks (docs/MODEL.md, "Methods" and "Stopping and status").
 
 The update rules are small pure functions of arrays (``gd_step``, ``wn_tangential_rate``,
-``wn_step``, ``wn_scaled_step``); ``run_stack`` is the loop around them. It advances the runs of
-many problem instances at once:
+``wn_step``, ``wn_scaled_step``); ``run_stack`` is the loop that applies them to the runs of many
+problem instances at once:
 
 - Layout. Instances that share (M, N) and the runs' sign form a *stack*: A as a (K, M, N) array,
-  the runs' state as a (B, K, n) grid (row slot, instance, entries), instance k's runs in the
-  slots ``state[:, k]``, padded with idle rows up to B. The two products with A per step are one
-  ``np.matmul`` each over the stack (one gemm per instance, called by numpy); everything else is a
-  fixed handful of whole-array operations over all rows. No Python loop runs over instances or
-  runs inside a step.
+  the runs' state as a (K, B, n) grid (instance, row slot, entries), instance k's runs in the
+  slots ``state[k]``, padded with idle rows up to B. A step is four calls over the whole stack:
+  the forward product A x~ and the backward product A^T r, one ``np.matmul`` each (one gemm per
+  instance, called by numpy), and between them the compiled per-row passes of
+  ``pipeline/kernels.py`` (residuals, loss, stopping tests and step scale; then the update and
+  x~ of the new weights). No Python loop runs over instances or runs inside a step.
 - Mixed rows. Rows may differ in method, depth, alpha, eta, eta~, schedule, max_iters, tol and
-  init. The slots are grouped in blocks of one depth (slot-major, so a block is a contiguous
-  slab): powers w^(L-1) are per block. GD and WN rows take the same vector operations: a WN row
-  keeps its direction unnormalized (``wn_scaled_step``), so its direction update is GD's
-  update ``v - p`` and everything specific to WN-GD is a per-row scalar.
-- Stopping. A run is closed (result recorded) at the iteration it stops and its row turns idle
-  (zero weights, zero step), so it is never advanced. When dropping the idle rows would shrink
-  the grid by a tenth or more (``REPACK_FRACTION``), the stack is re-packed: instances without
-  live runs leave, each block keeps as many slots as its fullest instance needs.
-- Batch independence. Every operation is row-wise, and each instance's products are one BLAS
-  gemm with an even number of rows (``ROW_ALIGN``): with OpenBLAS the last row of an odd-row gemm
-  goes through another kernel and rounds differently (and a one-row product is a gemv). So a run's numbers are the same, to the
-  last bit on the BLAS we test, whatever else shares its stack (tests/test_engine.py checks it).
-- Size. Every step streams the whole stack (A and the row arrays), so a stack is kept about
-  cache-sized (``STACK_BYTES``, ``stack_bytes``): ``run_stack`` cuts a larger group into several
-  stacks run one after the other. The task runner bounds the memory of one call instead
-  (``CALL_BYTES``, with ``split_stacks``), generating one call's instances at a time.
+  init. GD and WN-GD rows take the same vector operations: a WN row keeps its direction
+  unnormalized (``wn_scaled_step``), so its direction update is GD's update ``v - p`` and
+  everything specific to WN-GD is a per-row scalar.
+- Stopping. A run is closed (result recorded) at the iteration it stops and its row turns idle,
+  so it is never advanced. When dropping the idle rows would shrink the grid by a tenth or more
+  (``REPACK_FRACTION``), the stack is re-packed: instances without live runs leave, each keeps
+  as many slots as the one with the most live runs needs.
+- Batch independence. The kernels work row by row, and each instance's products are one BLAS
+  gemm with a multiple of ``ROW_ALIGN`` rows: with OpenBLAS the last row of an odd-row gemm goes
+  through another kernel and rounds differently (and a one-row product is a gemv). So a run's
+  numbers are the same, to the last bit on the BLAS we test, whatever else shares its stack
+  (tests/test_engine.py checks it).
+- Size. Every step streams the stacked A, so a stack is kept about cache-sized
+  (``STACK_BYTES``, ``stack_bytes``): ``run_stack`` cuts a larger group into several stacks run
+  one after the other. The task runner bounds the memory of one call instead (``CALL_BYTES``,
+  with ``split_stacks``), generating one call's instances at a time.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline import models
+from pipeline import kernels, models
 
 METHODS = ("gd", "wn")
 SCHEDULES = ("constant", "normalized")
@@ -69,8 +70,8 @@ REPACK_FRACTION = 0.9
 STACK_BYTES = 8 * 2**20
 #: Memory bound of the instances of one engine call in the task runner (``split_stacks``).
 CALL_BYTES = 256 * 2**20
-#: Arrays of n (or N) float64 entries per row of a stack: state v, w^(L-1), step p, x~ and A^T r.
-_ROW_ARRAYS = 5
+#: float64 scalars per row of a stack (r, nu, eta, ...), besides its vectors v, x~ and R.
+_ROW_SCALARS = 16
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ def stack_bytes(n_instances: int, n_rows: int, M: int, N: int, signed: bool) -> 
     """Memory of one stack in bytes: the stacked A (K, M, N) plus the row arrays of ``n_rows``
     rows (padding included), float64."""
     n = models.n_trainable(N, signed)
-    return 8 * (n_instances * M * N + n_rows * (_ROW_ARRAYS * n + 2 * M))
+    return 8 * (n_instances * M * N + n_rows * (n + N + M + _ROW_SCALARS))
 
 
 def padded_rows(n_runs: int) -> int:
@@ -272,56 +273,41 @@ def run_stack(
 
 @dataclass
 class _Rows:
-    """The per-run state of a stack: every field an array whose first two axes are the (B, K)
-    grid (row slot, instance). A GD row holds its weights in v (nu = r = 1); a WN row holds
+    """The per-run state of a stack: every field an array whose first two axes are the (K, B)
+    grid (instance, row slot). A GD row holds its weights in v (nu = r = 1); a WN row holds
     w = r d with d = v / nu (``wn_scaled_step``). Padding and stopped runs are idle rows: ``live``
-    False, v = 0 and a zero step, so that they stay finite and change nothing."""
+    False and zeros in v, R and x~, so that the products give zeros for them; the kernels skip
+    them."""
 
     run: np.ndarray  # int64: the run's position in the caller's lists; -1 for padding
     live: np.ndarray  # bool: the run has not stopped
-    v: np.ndarray  # (B, K, n): GD: w_k; WN: the unnormalized direction
+    v: np.ndarray  # (K, B, n): GD: w_k; WN: the unnormalized direction
+    R: np.ndarray  # (K, B, M): A x~(v), then the scaled residual (``kernels.residuals``)
     nu: np.ndarray  # WN: d_k = v / nu; others 1
     r: np.ndarray  # WN: r_k; others 1
     r0: np.ndarray  # WN: r_0; others 1
+    radial: np.ndarray  # WN: <d_k, p_k> of the current step
     polar: np.ndarray  # bool: a WN row
-    depth: np.ndarray  # int64: L (idle rows: their block's)
-    eta: np.ndarray  # the step eta (GD) or base step (WN); idle rows 0
+    depth: np.ndarray  # int64: L (idle rows: 2)
+    eta: np.ndarray  # the step eta (GD) or base step (WN)
     eta_ratio: np.ndarray  # WN: eta~; others 1
     normalized: np.ndarray  # bool: WN with the normalized schedule
     max_iters: np.ndarray  # int64
     tol: np.ndarray
     loss_limit: np.ndarray  # DIVERGENCE_FACTOR * initial loss (inf until evaluated)
+    flush_below: np.ndarray  # FLUSH_POWER ** (1 / L)
 
     def take(self, index) -> "_Rows":
-        """The rows at ``index`` (a numpy index of the (B, K) grid) as a new state."""
+        """The rows at ``index`` (a numpy index of the (K, B) grid) as a new state."""
         return _Rows(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
-
-    def idle(self, where: np.ndarray) -> None:
-        """Turn the rows at the boolean (B, K) mask ``where`` idle."""
-        self.live[where] = False
-        self.v[where] = 0.0
-        for name in ("nu", "r", "r0"):
-            getattr(self, name)[where] = 1.0
-        self.polar[where] = False
-        self.eta[where] = 0.0
-
-
-def _even_widths(widths: list[int], spare: list[int]) -> list[int]:
-    """Block widths grown by at most ``spare[i]`` each so that their sum is a positive multiple
-    of ROW_ALIGN."""
-    widths = list(widths)
-    missing = padded_rows(sum(widths)) - sum(widths)
-    for i in range(len(widths) - 1, -1, -1):
-        extra = min(missing, spare[i])
-        widths[i] += extra
-        missing -= extra
-    if missing:
-        raise AssertionError("no idle rows left to pad the stack")
-    return widths
 
 
 class _Stack:
-    """The runs of K instances of one shape (M, N) and one sign, advanced together."""
+    """The runs of K instances of one shape (M, N) and one sign, advanced together.
+
+    A step is ``np.matmul`` (forward), ``kernels.residuals``, ``np.matmul`` (backward) and
+    ``kernels.update``; between the forward product and the residuals, ``X`` holds x~(v) of
+    every row, and after the backward product it holds A^T R."""
 
     def __init__(self, arrays, runs_by_instance, configs, w0, signed):
         self.signed = signed
@@ -329,52 +315,41 @@ class _Stack:
         self.b = np.stack([b for _, b in arrays])  # (K, M)
         K, M, N = self.A.shape
         n = models.n_trainable(N, signed)
-        # depth blocks of slots: as wide as the instance with the most runs of that depth
-        depths = sorted({configs[i].depth for runs in runs_by_instance for i in runs})
-        count = np.array([[sum(configs[i].depth == L for i in runs) for runs in runs_by_instance]
-                          for L in depths])  # (blocks, K)
-        widths = _even_widths(count.max(axis=1).tolist(), [0] * (len(depths) - 1) + [ROW_ALIGN])
-        starts = np.cumsum([0, *widths])
-        B = int(starts[-1])
-        run = np.full((B, K), -1, dtype=np.int64)
-        depth = np.repeat(np.array(depths, dtype=np.int64), widths)[:, None].repeat(K, axis=1)
+        B = padded_rows(max(len(runs) for runs in runs_by_instance))
+        run = np.full((K, B), -1, dtype=np.int64)
         for k, runs in enumerate(runs_by_instance):
-            filled = dict.fromkeys(depths, 0)
-            for i in runs:
-                L = configs[i].depth
-                run[starts[depths.index(L)] + filled[L], k] = i
-                filled[L] += 1
+            run[k, :len(runs)] = runs
         real = run >= 0
         cfg = {int(i): configs[i] for i in run[real]}
 
         def per_row(value, fill, dtype):
-            out = np.full((B, K), fill, dtype=dtype)
+            out = np.full((K, B), fill, dtype=dtype)
             out[real] = [value(cfg[int(i)]) for i in run[real]]
             return out
 
-        v = np.zeros((B, K, n))
-        for j, k in zip(*np.nonzero(real)):
-            w = np.asarray(w0[run[j, k]], dtype=np.float64)
+        v = np.zeros((K, B, n))
+        for k, j in zip(*np.nonzero(real)):
+            w = np.asarray(w0[run[k, j]], dtype=np.float64)
             if w.shape != (n,):
-                raise ValueError(f"run {run[j, k]}: initial weights must have shape ({n},), "
+                raise ValueError(f"run {run[k, j]}: initial weights must have shape ({n},), "
                                  f"got {w.shape}")
-            v[j, k] = w
+            v[k, j] = w
         polar = per_row(lambda c: c.method == "wn", False, bool)
         r0 = np.where(polar, np.sqrt(np.vecdot(v, v)), 1.0)
         if np.any(polar & ~(r0 > 0)):
             raise ValueError("WN-GD needs initial weights with a positive norm")
+        depth = per_row(lambda c: c.depth, 2, np.int64)
         self.rows = _Rows(
-            run=run, live=real.copy(), v=v, nu=r0.copy(), r=r0.copy(), r0=r0, polar=polar,
-            depth=depth,
+            run=run, live=real.copy(), v=v, R=np.zeros((K, B, M)), nu=r0.copy(), r=r0.copy(),
+            r0=r0, radial=np.zeros((K, B)), polar=polar, depth=depth,
             eta=per_row(lambda c: c.eta, 0.0, np.float64),
             eta_ratio=per_row(lambda c: c.eta_ratio, 1.0, np.float64),
             normalized=per_row(lambda c: c.schedule == "normalized", False, bool),
             max_iters=per_row(lambda c: c.max_iters, 1, np.int64),
             tol=per_row(lambda c: c.tol, 0.0, np.float64),
-            loss_limit=np.full((B, K), np.inf),
+            loss_limit=np.full((K, B), np.inf),
+            flush_below=FLUSH_POWER ** (1.0 / depth),
         )
-        self.blocks = [(L, slice(int(a), int(z))) for L, a, z in zip(depths, starts, starts[1:])
-                       if z > a]
         # loss curves: one column per iteration in the union of all runs' checkpoint sets
         self.runs = sorted(cfg)
         local = {i: j for j, i in enumerate(self.runs)}
@@ -385,99 +360,18 @@ class _Stack:
         for j, its in enumerate(own):
             self.curve_own[j, np.searchsorted(self.curve_its, its)] = True
         self.curve = np.full((len(self.runs), len(self.curve_its)), np.nan)
-        self.local = np.full((B, K), -1, dtype=np.int64)  # row -> index into self.runs
+        self.local = np.full((K, B), -1, dtype=np.int64)  # row -> index into self.runs
         self.local[real] = [local[int(i)] for i in run[real]]
         self.results: dict[int, RunResult] = {}
-        self._allocate()
+        self.X = np.zeros((K, B, N))
+        kernels.products(v, self.rows.depth, signed, self.rows.live, self.X)
+        self._scratch()
 
-    def _allocate(self) -> None:
-        """Scratch arrays for the current grid."""
-        rows = self.rows
-        B, K, n = rows.v.shape
-        M, N = self.A.shape[1:]
-        self.any_polar = bool(rows.polar.any())
-        self.next_stop = int(rows.max_iters[rows.live].min(initial=0))
-        self.V_pow = np.empty_like(rows.v) if any(L > 2 for L, _ in self.blocks) else None
-        self.X = np.empty((B, K, N))  # x~ of v: v^L (signed: u^L - v^L of v's halves)
-        self.Z = np.empty((B, K, M))  # A x~(v)
-        self.R = np.empty((B, K, M))  # residuals A x~(w) - b
-        self.P = np.empty_like(rows.v)  # the step
-        self.C = np.empty((B, K, N)) if self.signed else self.P  # A^T (scaled residual)
-        self.flush_below = FLUSH_POWER ** (1.0 / rows.depth)
-
-    # --- one evaluation and one step, over every row of the stack -------------------------------
-
-    def _forward(self) -> np.ndarray:
-        """x~(v) into X, A x~(v) into Z, the residuals R = A x~(w) - b = rho^L Z - b with
-        w = rho v; returns the losses (B, K). Keeps v^(L-1) per block and the row factors rho
-        for ``_step``."""
-        rows, X = self.rows, self.X
-        N = X.shape[2]
-        self.v_pow = []
-        for L, slots in self.blocks:
-            v = rows.v[slots]
-            v_pow = v if L == 2 else models.ipow(v, L - 1, out=self.V_pow[slots])
-            self.v_pow.append(v_pow)
-            if self.signed:
-                np.multiply(v_pow[..., :N], v[..., :N], out=X[slots])
-                X[slots] -= v_pow[..., N:] * v[..., N:]
-            else:
-                np.multiply(v_pow, v, out=X[slots])
-        np.matmul(X.transpose(1, 0, 2), self.A.swapaxes(1, 2), out=self.Z.transpose(1, 0, 2))
-        if self.any_polar:
-            rho = rows.r / rows.nu
-            self.rho_pow = np.empty_like(rho)  # rho^(L-1)
-            for L, slots in self.blocks:
-                models.ipow(rho[slots], L - 1, out=self.rho_pow[slots])
-            self.rho = rho
-            np.multiply(self.Z, (self.rho_pow * rho)[..., None], out=self.R)
-            self.R -= self.b
-        else:
-            np.subtract(self.Z, self.b, out=self.R)
-        return 0.5 * np.vecdot(self.R, self.R)
-
-    def _step(self) -> None:
-        """One step of every row, from the state left by ``_forward``.
-
-        With w = rho v, grad f = L rho^(L-1) v^(L-1) * A^T R (signed: the second half negated).
-        The per-row factor of the step is folded into the residual rows before the backward
-        product, so that P holds the step itself: eta grad f (GD), or for WN the scaled step
-        nu p / (1 + radial) of ``wn_scaled_step`` with p = eta_u r grad f. Its radial part needs
-        no extra pass over v: <d, p> = (a / nu) <v, v^(L-1) * A^T R> = (a / nu) <A x~(v), R>
-        with a = eta_u r L rho^(L-1)."""
-        rows = self.rows
-        if self.any_polar:
-            eta_u = wn_tangential_rate(rows.eta, rows.r0, rows.r, rows.normalized)
-            a = eta_u * rows.r * rows.depth * self.rho_pow
-            radial = np.where(rows.polar, a / rows.nu * np.vecdot(self.Z, self.R), 0.0)
-            scale = np.where(rows.polar, a * rows.nu / (1.0 + radial), rows.eta * rows.depth)
-        else:
-            scale = rows.eta * rows.depth
-        self.R *= scale[..., None]
-        np.matmul(self.R.transpose(1, 0, 2), self.A, out=self.C.transpose(1, 0, 2))
-        N = self.C.shape[2]
-        for (L, slots), v_pow in zip(self.blocks, self.v_pow):
-            if self.signed:
-                np.multiply(v_pow[..., :N], self.C[slots], out=self.P[slots, :, :N])
-                np.multiply(v_pow[..., N:], self.C[slots], out=self.P[slots, :, N:])
-                np.negative(self.P[slots, :, N:], out=self.P[slots, :, N:])
-            else:
-                self.P[slots] *= v_pow
-        if self.any_polar:
-            rows.r, nu, _ = wn_scaled_step(rows.r, rows.nu, rows.v, self.P, radial,
-                                           rows.eta_ratio, out_v=rows.v)
-            rows.nu = np.where(rows.polar, nu, 1.0)
-        else:
-            gd_step(rows.v, self.P, out=rows.v)
-
-    def _flush_tiny(self) -> None:
-        """Normalize the WN directions (v = d, nu = 1), then zero the entries that would otherwise
-        become subnormal (see FLUSH_POWER)."""
-        rows = self.rows
-        if self.any_polar:
-            rows.v /= rows.nu[..., None]
-            rows.nu = np.ones_like(rows.nu)
-        np.copyto(rows.v, 0.0, where=np.abs(rows.v) < self.flush_below[..., None])
+    def _scratch(self) -> None:
+        """Per-row outputs of ``kernels.residuals`` for the current grid."""
+        K, B = self.rows.live.shape
+        self.loss = np.zeros((K, B))
+        self.stop = np.zeros((K, B), dtype=np.int64)
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -485,97 +379,86 @@ class _Stack:
         """Advance every run to its stop; results keyed by the run's position in the caller's
         lists."""
         t_start = time.perf_counter()
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            k = 0
-            loss = self._forward()
-            self.rows.loss_limit = np.where(self.rows.live, DIVERGENCE_FACTOR * loss, np.inf)
-            self._record(k, loss)
-            self._finish(k, loss)
-            while self.rows.live.any():
-                self._step()
-                k += 1
-                if k % FLUSH_EVERY == 0:
-                    self._flush_tiny()
-                loss = self._forward()
-                if k in self.curve_col:
-                    self._record(k, loss)
-                self._finish(k, loss)
+        k = 0
+        while True:
+            rows = self.rows
+            np.matmul(self.X, self.A.swapaxes(1, 2), out=rows.R)
+            stopping = kernels.residuals(
+                rows.R, self.b, rows.live, rows.polar, rows.normalized, rows.depth, rows.eta,
+                rows.r, rows.r0, rows.nu, rows.loss_limit, rows.tol, rows.max_iters, k,
+                self.loss, rows.radial, self.stop)
+            if k == 0:
+                rows.loss_limit = np.where(rows.live, DIVERGENCE_FACTOR * self.loss, np.inf)
+            if k in self.curve_col:
+                self._record(k)
+            if stopping:
+                self._finish(k)
+                if not self.rows.live.any():
+                    break
+                rows = self.rows
+            np.matmul(rows.R, self.A, out=self.X)
+            k += 1
+            kernels.update(rows.v, self.X, rows.live, rows.polar, rows.depth, rows.r, rows.nu,
+                           rows.radial, rows.eta_ratio, self.signed, k % FLUSH_EVERY == 0,
+                           rows.flush_below)
         elapsed = time.perf_counter() - t_start
         total = max(sum(result.iterations for result in self.results.values()), 1)
         for result in self.results.values():
             result.seconds = elapsed * result.iterations / total
         return self.results
 
-    def _record(self, k: int, loss: np.ndarray) -> None:
+    def _record(self, k: int) -> None:
         live = self.rows.live
-        self.curve[self.local[live], self.curve_col[k]] = loss[live]
+        self.curve[self.local[live], self.curve_col[k]] = self.loss[live]
 
-    def _finish(self, k: int, loss: np.ndarray) -> None:
+    def _finish(self, k: int) -> None:
         """Close the runs that stop at iteration k, turn their rows idle, and re-pack the stack
         if that pays (see REPACK_FRACTION)."""
         rows = self.rows
-        # NaN compares False, so `ok` is also False for non-finite losses. GD rows keep r = 1; a
-        # WN row whose r leaves (0, inf) has broken its polar coordinates: diverged too.
-        ok = loss <= rows.loss_limit
-        if self.any_polar:
-            ok &= rows.r > 0
-        converged = ok & (loss <= rows.tol)
-        stop = ~ok | converged
-        if k >= self.next_stop:
-            stop |= rows.max_iters <= k
-        done = rows.live & stop
-        if not done.any():
-            return
-        for j, kk in zip(*np.nonzero(done)):
-            i, local = int(rows.run[j, kk]), int(self.local[j, kk])
-            status = "diverged" if not ok[j, kk] else "converged" if converged[j, kk] else "max_iters"
+        done = rows.live & (self.stop != kernels.RUNNING)
+        for kk, j in zip(*np.nonzero(done)):
+            i, local = int(rows.run[kk, j]), int(self.local[kk, j])
             own = self.curve_own[local] & (self.curve_its < k)
-            wn = bool(rows.polar[j, kk])
-            rho = self.rho[j, kk] if wn else 1.0
+            wn = bool(rows.polar[kk, j])
+            rho = rows.r[kk, j] / rows.nu[kk, j] if wn else 1.0
+            rho_L = float(models.ipow(np.array([rho]), int(rows.depth[kk, j]))[0]) if wn else 1.0
+            loss = self.loss[kk, j]
             self.results[i] = RunResult(
-                status=status,
+                status=kernels.STATUS[int(self.stop[kk, j])],
                 iterations=k,
-                loss_final=float(loss[j, kk]),
-                x_final=self.X[j, kk] * (self.rho_pow[j, kk] * rho) if wn else self.X[j, kk].copy(),
-                w_final=rows.v[j, kk] * rho if wn else rows.v[j, kk].copy(),
-                r0=float(rows.r0[j, kk]) if wn else None,
-                r_final=float(rows.r[j, kk]) if wn else None,
+                loss_final=float(loss),
+                x_final=self.X[kk, j] * rho_L,
+                w_final=rows.v[kk, j] * rho,
+                r0=float(rows.r0[kk, j]) if wn else None,
+                r_final=float(rows.r[kk, j]) if wn else None,
                 curve_iter=np.append(self.curve_its[own], k).astype(np.int64),
-                curve_loss=np.append(self.curve[local, own], loss[j, kk]),
+                curve_loss=np.append(self.curve[local, own], loss),
                 seconds=0.0,
             )
-        rows.idle(done)
-        self.next_stop = int(rows.max_iters[rows.live].min(initial=0))
+        rows.live[done] = False
+        rows.v[done] = 0.0
+        rows.R[done] = 0.0
+        self.X[done] = 0.0
         self._repack()
 
     def _repack(self) -> None:
         """Drop idle rows when that shrinks the grid to REPACK_FRACTION or less: instances with
-        no live run leave the stack, and each depth block keeps as many slots as its fullest
-        instance needs (live rows first, in their order, then idle ones)."""
+        no live run leave the stack, and each keeps as many row slots as the one with the most
+        live runs needs (live rows first, in their order)."""
         rows = self.rows
-        B, K = rows.live.shape
-        keep = np.flatnonzero(rows.live.any(axis=0))
+        K, B = rows.live.shape
+        keep = np.flatnonzero(rows.live.any(axis=1))
         if keep.size == 0:
             return
-        live = rows.live[:, keep]
-        old = [slots.stop - slots.start for _, slots in self.blocks]
-        new = [int(live[slots].sum(axis=0).max()) for _, slots in self.blocks]
-        new = _even_widths(new, [o - w for o, w in zip(old, new)])
-        if keep.size * sum(new) > REPACK_FRACTION * K * B:
+        live = rows.live[keep]
+        width = padded_rows(int(live.sum(axis=1).max()))
+        if keep.size * width > REPACK_FRACTION * K * B:
             return
-        # within a block, idle rows are interchangeable, so each block fills up from its own rows
-        parts, blocks, start = [], [], 0
-        for (L, slots), width in zip(self.blocks, new):
-            if width:
-                order = np.argsort(~live[slots], axis=0, kind="stable")[:width]
-                parts.append(order + slots.start)
-                blocks.append((L, slice(start, start + width)))
-                start += width
-        index = (np.concatenate(parts), keep[None, :])
+        order = np.argsort(~live, axis=1, kind="stable")[:, :width]
+        index = (keep[:, None], order)
         self.rows = rows.take(index)
         self.local = self.local[index]
-        self.blocks = blocks
+        self.X = self.X[index]
         self.A = self.A[keep]
         self.b = self.b[keep]
-        self._allocate()
-        self._forward()  # the scratch arrays of the new grid, for the next step
+        self._scratch()
