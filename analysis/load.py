@@ -34,6 +34,7 @@ from pipeline.folder import (
     ORPHAN_INSTANCES,
     RUNS,
     ResultsFolder,
+    ResultsNotFoundError,
     ShardError,
     StoreError,
 )
@@ -58,10 +59,6 @@ INSTANCE_COLUMNS = (
 OPTIONAL_RUN_COLUMNS = OPTIONAL[RUNS]
 
 Filters = Any  # a pyarrow.compute.Expression or DNF: [(col, op, val), ...] or [[...], [...]]
-
-
-class ResultsNotFoundError(FileNotFoundError):
-    """The results folder, or its runs/ sub-folder, is missing or holds no shards."""
 
 
 def resolve(path_or_uri: str | os.PathLike) -> ResultsFolder:

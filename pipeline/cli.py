@@ -61,9 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import pyarrow as pa
 
-    from analysis.load import ResultsNotFoundError
+    from pipeline.folder import ResultsNotFoundError, StoreError
     from pipeline.spec import SpecError
-    from pipeline.store import StoreError
 
     try:
         return _dispatch(args)

@@ -57,7 +57,7 @@ FLUSH_POWER = 1e-200
 #: the module doc, "Batch independence"); 4 because OpenBLAS's dgemm (Haswell kernels, measured on
 #: an AMD EPYC) does an 8-row product faster than a 6-row one: 20% less time at (M, N) =
 #: (100, 400), the same at (40, 100) once the padded rows' element-wise work is counted.
-ROW_ALIGN = 4
+ROW_ALIGN = kernels.ROW_BLOCK
 #: Re-pack a stack when dropping its idle rows shrinks the (K, B) grid to at most this fraction.
 #: A re-pack costs one copy of the state; idle rows cost their share of every step until then.
 #: Measured on a robustness.yaml instance (100 runs of up to 100,000 steps stopping at scattered
@@ -70,7 +70,7 @@ REPACK_FRACTION = 0.9
 STACK_BYTES = 8 * 2**20
 #: Memory bound of the instances of one engine call in the task runner (``split_stacks``).
 CALL_BYTES = 256 * 2**20
-#: float64 scalars per row of a stack (r, nu, eta, ...), besides its vectors v, x~ and R.
+#: float64 scalars per row of a stack (r, nu, eta, ...), besides its vector v.
 _ROW_SCALARS = 16
 
 
@@ -191,10 +191,10 @@ def checkpoint_iterations(max_iters: int, checkpoints: int) -> np.ndarray:
 
 
 def stack_bytes(n_instances: int, n_rows: int, M: int, N: int, signed: bool) -> int:
-    """Memory of one stack in bytes: the stacked A (K, M, N) plus the row arrays of ``n_rows``
-    rows (padding included), float64."""
+    """Memory of one stack in bytes: the stacked A (K, M, N) and its transpose, plus the row
+    arrays of ``n_rows`` rows (padding included), float64."""
     n = models.n_trainable(N, signed)
-    return 8 * (n_instances * M * N + n_rows * (n + N + M + _ROW_SCALARS))
+    return 8 * (2 * n_instances * M * N + n_rows * (n + _ROW_SCALARS))
 
 
 def padded_rows(n_runs: int) -> int:
@@ -276,17 +276,14 @@ class _Rows:
     """The per-run state of a stack: every field an array whose first two axes are the (K, B)
     grid (instance, row slot). A GD row holds its weights in v (nu = r = 1); a WN row holds
     w = r d with d = v / nu (``wn_scaled_step``). Padding and stopped runs are idle rows: ``live``
-    False and zeros in v, R and x~, so that the products give zeros for them; the kernels skip
-    them."""
+    False and v = 0; ``kernels.step`` skips them."""
 
     run: np.ndarray  # int64: the run's position in the caller's lists; -1 for padding
     live: np.ndarray  # bool: the run has not stopped
     v: np.ndarray  # (K, B, n): GD: w_k; WN: the unnormalized direction
-    R: np.ndarray  # (K, B, M): A x~(v), then the scaled residual (``kernels.residuals``)
     nu: np.ndarray  # WN: d_k = v / nu; others 1
     r: np.ndarray  # WN: r_k; others 1
     r0: np.ndarray  # WN: r_0; others 1
-    radial: np.ndarray  # WN: <d_k, p_k> of the current step
     polar: np.ndarray  # bool: a WN row
     depth: np.ndarray  # int64: L (idle rows: 2)
     eta: np.ndarray  # the step eta (GD) or base step (WN)
@@ -303,15 +300,13 @@ class _Rows:
 
 
 class _Stack:
-    """The runs of K instances of one shape (M, N) and one sign, advanced together.
-
-    A step is ``np.matmul`` (forward), ``kernels.residuals``, ``np.matmul`` (backward) and
-    ``kernels.update``; between the forward product and the residuals, ``X`` holds x~(v) of
-    every row, and after the backward product it holds A^T R."""
+    """The runs of K instances of one shape (M, N) and one sign, advanced together, one
+    ``kernels.step`` call per step."""
 
     def __init__(self, arrays, runs_by_instance, configs, w0, signed):
         self.signed = signed
         self.A = np.stack([A for A, _ in arrays])  # (K, M, N)
+        self.AT = np.ascontiguousarray(self.A.transpose(0, 2, 1))  # (K, N, M)
         self.b = np.stack([b for _, b in arrays])  # (K, M)
         K, M, N = self.A.shape
         n = models.n_trainable(N, signed)
@@ -340,8 +335,8 @@ class _Stack:
             raise ValueError("WN-GD needs initial weights with a positive norm")
         depth = per_row(lambda c: c.depth, 2, np.int64)
         self.rows = _Rows(
-            run=run, live=real.copy(), v=v, R=np.zeros((K, B, M)), nu=r0.copy(), r=r0.copy(),
-            r0=r0, radial=np.zeros((K, B)), polar=polar, depth=depth,
+            run=run, live=real.copy(), v=v, nu=r0.copy(), r=r0.copy(), r0=r0, polar=polar,
+            depth=depth,
             eta=per_row(lambda c: c.eta, 0.0, np.float64),
             eta_ratio=per_row(lambda c: c.eta_ratio, 1.0, np.float64),
             normalized=per_row(lambda c: c.schedule == "normalized", False, bool),
@@ -363,12 +358,10 @@ class _Stack:
         self.local = np.full((K, B), -1, dtype=np.int64)  # row -> index into self.runs
         self.local[real] = [local[int(i)] for i in run[real]]
         self.results: dict[int, RunResult] = {}
-        self.X = np.zeros((K, B, N))
-        kernels.products(v, self.rows.depth, signed, self.rows.live, self.X)
         self._scratch()
 
     def _scratch(self) -> None:
-        """Per-row outputs of ``kernels.residuals`` for the current grid."""
+        """``kernels.step``'s per-row outputs for the current grid."""
         K, B = self.rows.live.shape
         self.loss = np.zeros((K, B))
         self.stop = np.zeros((K, B), dtype=np.int64)
@@ -382,11 +375,11 @@ class _Stack:
         k = 0
         while True:
             rows = self.rows
-            np.matmul(self.X, self.A.swapaxes(1, 2), out=rows.R)
-            stopping = kernels.residuals(
-                rows.R, self.b, rows.live, rows.polar, rows.normalized, rows.depth, rows.eta,
-                rows.r, rows.r0, rows.nu, rows.loss_limit, rows.tol, rows.max_iters, k,
-                self.loss, rows.radial, self.stop)
+            stopping = kernels.step(
+                self.A, self.AT, self.b, rows.v, rows.live, rows.polar, rows.normalized,
+                rows.depth, rows.eta, rows.eta_ratio, rows.r, rows.r0, rows.nu, rows.loss_limit,
+                rows.tol, rows.max_iters, rows.flush_below, self.signed, k,
+                (k + 1) % FLUSH_EVERY == 0, self.loss, self.stop)
             if k == 0:
                 rows.loss_limit = np.where(rows.live, DIVERGENCE_FACTOR * self.loss, np.inf)
             if k in self.curve_col:
@@ -395,12 +388,7 @@ class _Stack:
                 self._finish(k)
                 if not self.rows.live.any():
                     break
-                rows = self.rows
-            np.matmul(rows.R, self.A, out=self.X)
             k += 1
-            kernels.update(rows.v, self.X, rows.live, rows.polar, rows.depth, rows.r, rows.nu,
-                           rows.radial, rows.eta_ratio, self.signed, k % FLUSH_EVERY == 0,
-                           rows.flush_below)
         elapsed = time.perf_counter() - t_start
         total = max(sum(result.iterations for result in self.results.values()), 1)
         for result in self.results.values():
@@ -412,23 +400,22 @@ class _Stack:
         self.curve[self.local[live], self.curve_col[k]] = self.loss[live]
 
     def _finish(self, k: int) -> None:
-        """Close the runs that stop at iteration k, turn their rows idle, and re-pack the stack
-        if that pays (see REPACK_FRACTION)."""
+        """Close the runs that stopped at iteration k (``kernels.step`` left them at it), turn
+        their rows idle, and re-pack the stack if that pays (see REPACK_FRACTION)."""
         rows = self.rows
         done = rows.live & (self.stop != kernels.RUNNING)
         for kk, j in zip(*np.nonzero(done)):
             i, local = int(rows.run[kk, j]), int(self.local[kk, j])
             own = self.curve_own[local] & (self.curve_its < k)
             wn = bool(rows.polar[kk, j])
-            rho = rows.r[kk, j] / rows.nu[kk, j] if wn else 1.0
-            rho_L = float(models.ipow(np.array([rho]), int(rows.depth[kk, j]))[0]) if wn else 1.0
+            w = rows.v[kk, j] * (rows.r[kk, j] / rows.nu[kk, j]) if wn else rows.v[kk, j].copy()
             loss = self.loss[kk, j]
             self.results[i] = RunResult(
                 status=kernels.STATUS[int(self.stop[kk, j])],
                 iterations=k,
                 loss_final=float(loss),
-                x_final=self.X[kk, j] * rho_L,
-                w_final=rows.v[kk, j] * rho,
+                x_final=models.product(w, int(rows.depth[kk, j]), self.signed),
+                w_final=w,
                 r0=float(rows.r0[kk, j]) if wn else None,
                 r_final=float(rows.r[kk, j]) if wn else None,
                 curve_iter=np.append(self.curve_its[own], k).astype(np.int64),
@@ -437,8 +424,6 @@ class _Stack:
             )
         rows.live[done] = False
         rows.v[done] = 0.0
-        rows.R[done] = 0.0
-        self.X[done] = 0.0
         self._repack()
 
     def _repack(self) -> None:
@@ -458,7 +443,7 @@ class _Stack:
         index = (keep[:, None], order)
         self.rows = rows.take(index)
         self.local = self.local[index]
-        self.X = self.X[index]
         self.A = self.A[keep]
+        self.AT = self.AT[keep]
         self.b = self.b[keep]
         self._scratch()

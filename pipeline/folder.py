@@ -82,6 +82,10 @@ class StoreError(RuntimeError):
     """The output folder cannot be used as asked (for example, written by another spec)."""
 
 
+class ResultsNotFoundError(FileNotFoundError):
+    """The results folder, or its runs/ sub-folder, is missing or holds no shards."""
+
+
 class ShardError(ValueError):
     """A shard that cannot be used; ``reason`` starts with its verdict (``corrupt: ...``)."""
 

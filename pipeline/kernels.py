@@ -1,26 +1,29 @@
-"""The element-wise work of an engine step, compiled (docs/MODEL.md, "Methods").
+"""One engine step over a stack of instances, compiled with numba (docs/MODEL.md, "Methods").
 
-A step of the stacked engine (``dynamics.run_stack``) is two products with A per instance, each
-one ``np.matmul`` over the stack, and between them work on every row: the product map x~, the
-residual, the loss, the stopping tests, the step's per-row scale, the update of the weights and,
-for WN-GD, of the polar coordinates. Done with whole-array numpy calls that work is ~20 passes
-over the stack per step, as much time as the products themselves for the shapes sweeps have
-(many instances, few runs each). Here it is two compiled passes, one per row, with the row's
-data in cache:
+``step`` advances every live row of a stack by one GD or WN-GD step. It works instance by
+instance, so that the instance's A (read by both products) and its rows' data stay in cache
+while its step is computed:
 
-- ``residuals``: after the forward product, A x~(v) -> residual, loss, stop code, and the residual
-  scaled by the row's step factor, ready for the backward product.
-- ``update``: after the backward product, the step (GD: w - p; WN-GD: ``wn_scaled_step``), the
-  periodic flush of tiny entries, and x~ of the new weights for the next forward product.
+1. x~ of every row's stored vector v (``_product_row``);
+2. the forward product A x~ for the instance's rows (``_rows_dot``);
+3. per row: residual, loss, stop code, and the residual times the row's step factor;
+4. the backward product A^T (scaled residual) (``_rows_dot`` with A^T);
+5. per row that goes on: the update of v (and of r, nu for WN-GD), then every FLUSH_EVERY steps
+   the flush of tiny entries.
 
-Layout: every array's leading axes are the (K, B) grid of a stack (instance, row slot); rows
-whose ``live`` flag is False (padding, stopped runs) are skipped and must hold zeros. Each row's
-arithmetic depends on that row alone, so a run's numbers do not depend on what else shares its
-stack. Reductions along a row may be vectorized (``FASTMATH`` allows re-association; NaN and inf
-keep their IEEE meaning, which the stopping tests rely on).
+Why not BLAS for the products: a sweep's instances have a handful of runs each, so each product
+is a gemm with a handful of rows. OpenBLAS packs A for every such call and reaches about half of
+its large-matrix rate on them (and rounds odd row counts differently); ``_rows_dot`` reads A in
+the layout it is stored in, three rows at a time against two rows of A, and the compiler turns
+the inner loop into fused multiply-adds on vectors (benchmarks/engine.py measures the result).
+
+Batch independence: every row goes through the same instructions, in row blocks of
+``ROW_BLOCK`` whatever shares them (each row has its own accumulators), so a run's numbers do not
+depend on what else is in its stack. Reductions along a row are vectorized (``FASTMATH`` allows
+re-association); NaN and inf keep their IEEE meaning, which the stopping tests rely on.
 
 The update rules as numpy functions of arrays, the form that reads like the equations, are in
-``pipeline/dynamics.py``; tests/test_engine.py checks these kernels against them.
+``pipeline/dynamics.py``; tests/test_kernels.py checks ``step`` against them.
 """
 
 from __future__ import annotations
@@ -28,12 +31,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-#: LLVM fast-math flags: re-association (vectorized sums along a row), contraction into fused
-#: multiply-adds and sign-of-zero freedom. Not "nnan"/"ninf": a diverged run is detected by a
-#: loss that is inf or NaN.
+#: LLVM fast-math flags: re-association (vectorized sums), contraction into fused multiply-adds and
+#: sign-of-zero freedom. Not "nnan"/"ninf": a diverged run is detected by a loss that is inf or NaN.
 FASTMATH = {"reassoc", "contract", "nsz"}
+#: Rows are processed in blocks of this many (an instance's rows are padded to a multiple of it):
+#: 3 rows against 2 rows of A keep their 6 accumulators and the loads in registers (a 3 x 4 tile
+#: measured no faster: its 12 accumulators spill on AVX2's 16 registers), and sweeps of 3 or 6
+#: runs per instance need no padding.
+ROW_BLOCK = 3
 
-#: ``residuals``' stop codes, one per row.
+#: ``step``'s stop codes, one per row.
 RUNNING, CONVERGED, MAX_ITERS, DIVERGED = 0, 1, 2, 3
 STATUS = {CONVERGED: "converged", MAX_ITERS: "max_iters", DIVERGED: "diverged"}
 
@@ -48,54 +55,135 @@ def _ipow(x: float, e: int) -> float:
     return p
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
-def products(v, depth, signed, live, out):
-    """out[k, j] = x~(v[k, j]): v^L, or u^L - w^L for v = (u, w) when ``signed``.
+@njit(inline="always", fastmath=FASTMATH)
+def _product_row(row, x, L, signed):
+    """x <- x~(v) for one row: v^L, or u^L - w^L for v = (u, w)."""
+    N = x.shape[0]
+    if signed:
+        for i in range(N):
+            x[i] = _ipow(row[i], L) - _ipow(row[N + i], L)
+    else:
+        for i in range(N):
+            x[i] = _ipow(row[i], L)
 
-    v: (K, B, n); depth: (K, B) int64; live: (K, B) bool; out: (K, B, N). Idle rows are left
-    as they are."""
-    K, B, N = out.shape
-    for k in range(K):
-        for j in range(B):
-            if not live[k, j]:
+
+@njit(fastmath=FASTMATH, nogil=True)
+def _rows_dot(X, A, out, live):
+    """out[j, m] = <X[j], A[m]> for every block of ROW_BLOCK rows j with a live row.
+
+    X: (B, J) with B a multiple of ROW_BLOCK; A: (C, J); out: (B, C). Rows of a block that is
+    computed but not live get values nobody reads. A is read once, two rows at a time used by
+    every block of rows while in cache: 6 accumulators, 5 loads per 6 multiply-adds."""
+    B, J = X.shape
+    C = A.shape[0]
+    if B % ROW_BLOCK or out.shape[0] != B or out.shape[1] != C or A.shape[1] != J:
+        raise ValueError("_rows_dot: shapes do not match, or rows not a multiple of ROW_BLOCK")
+    for m in range(0, C - 1, 2):
+        a, c = A[m], A[m + 1]
+        for j in range(0, B, ROW_BLOCK):
+            if not (live[j] or live[j + 1] or live[j + 2]):
                 continue
-            L = depth[k, j]
-            row, x = v[k, j], out[k, j]
-            if signed:
-                for i in range(N):
-                    x[i] = _ipow(row[i], L) - _ipow(row[N + i], L)
-            else:
-                for i in range(N):
-                    x[i] = _ipow(row[i], L)
+            x0, x1, x2 = X[j], X[j + 1], X[j + 2]
+            s0 = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            t0 = 0.0
+            t1 = 0.0
+            t2 = 0.0
+            for i in range(J):
+                p, q = a[i], c[i]
+                u0, u1, u2 = x0[i], x1[i], x2[i]
+                s0 += u0 * p
+                s1 += u1 * p
+                s2 += u2 * p
+                t0 += u0 * q
+                t1 += u1 * q
+                t2 += u2 * q
+            out[j, m], out[j + 1, m], out[j + 2, m] = s0, s1, s2
+            out[j, m + 1], out[j + 1, m + 1], out[j + 2, m + 1] = t0, t1, t2
+    if C % 2:
+        a = A[C - 1]
+        for j in range(0, B, ROW_BLOCK):
+            if not (live[j] or live[j + 1] or live[j + 2]):
+                continue
+            x0, x1, x2 = X[j], X[j + 1], X[j + 2]
+            s0 = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            for i in range(J):
+                p = a[i]
+                s0 += x0[i] * p
+                s1 += x1[i] * p
+                s2 += x2[i] * p
+            out[j, C - 1], out[j + 1, C - 1], out[j + 2, C - 1] = s0, s1, s2
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _step_row(row, c, L, signed):
+    """v <- v - p with p = v^(L-1) * c (signed: (u^(L-1) * c, -w^(L-1) * c) for v = (u, w));
+    returns ||v||^2 of the new v."""
+    N = c.shape[0]
+    sq = 0.0
+    if signed:
+        for i in range(N):
+            u = row[i] - _ipow(row[i], L - 1) * c[i]
+            w = row[N + i] + _ipow(row[N + i], L - 1) * c[i]
+            row[i] = u
+            row[N + i] = w
+            sq += u * u + w * w
+    else:
+        for i in range(N):
+            u = row[i] - _ipow(row[i], L - 1) * c[i]
+            row[i] = u
+            sq += u * u
+    return sq
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
-def residuals(R, b, live, polar, normalized, depth, eta, r, r0, nu, loss_limit, tol, max_iters,
-              k, loss, radial, stop):
-    """From the forward product to the backward one, for every live row, at iteration k.
+def step(A, AT, b, v, live, polar, normalized, depth, eta, eta_ratio, r, r0, nu, loss_limit,
+         tol, max_iters, flush_below, signed, k, flush, loss, stop):
+    """Evaluate every live row at iteration k, and advance the rows that go on to k + 1.
 
-    On entry R[k, j] (M,) holds A x~(v), the product of the row's stored vector v. The row's
-    weights are w = rho v with rho = r / nu for WN-GD (d = v / nu, w = r d) and rho = 1 for GD,
-    so A x~(w) = rho^L A x~(v). Writes:
+    Shapes: A (K, M, N) and AT (K, N, M) = A transposed; b (K, M); v (K, B, n) with B a multiple
+    of ROW_BLOCK and n = N, or 2N when ``signed``; every other array (K, B). A GD row's weights
+    are w = v; a WN row's are w = r d with d = v / nu (``dynamics.wn_scaled_step``), so
+    w = rho v with rho = r / nu and A x~(w) = rho^L A x~(v).
 
-    - loss[k, j] = f(w) = ||A x~(w) - b||^2 / 2;
-    - stop[k, j]: DIVERGED (loss above ``loss_limit``, inf or NaN; or a WN radius r <= 0),
-      else CONVERGED (loss <= tol), else MAX_ITERS (k >= max_iters), else RUNNING;
-    - radial[k, j] (WN-GD): <d, p> with p = eta_u r grad f(w), eta_u = eta / r_ref^2
-      (``wn_tangential_rate``), computed as (a / nu) <A x~(v), A x~(w) - b> with
-      a = eta_u r L rho^(L-1);
-    - R[k, j] = scale * (A x~(w) - b), the residual times the row's step factor, so that the
-      backward product gives the step up to the factor v^(L-1): scale = eta L (GD), and
-      a nu / (1 + radial) for WN-GD (``wn_scaled_step``'s scaled step).
+    Writes loss[k, j] = f(w) = ||A x~(w) - b||^2 / 2 and stop[k, j]: DIVERGED (loss above
+    ``loss_limit``, inf or NaN, or a WN radius r <= 0), else CONVERGED (loss <= tol), else
+    MAX_ITERS (k >= max_iters), else RUNNING. Rows that stop are left as they are. The others
+    take the step, with c = A^T (scale * (A x~(w) - b)) and p = v^(L-1) * c (``_step_row``):
 
-    R: (K, B, M); b: (K, M); every other array (K, B). Returns the number of rows that stop.
+    - GD: scale = eta L, so p = eta grad f(w), and v <- v - p (``dynamics.gd_step``);
+    - WN-GD: eta_u = eta / r_ref^2 (``dynamics.wn_tangential_rate``), a = eta_u r L rho^(L-1),
+      radial = <d, eta_u r grad f(w)> = (a / nu) <A x~(v), A x~(w) - b>, and
+      scale = a nu / (1 + radial), so p is ``wn_scaled_step``'s scaled step; then v <- v - p,
+      r <- r - eta~ radial / r, nu <- sign(nu (1 + radial)) ||v||.
+
+    If ``flush`` (the new iterate is a multiple of FLUSH_EVERY): WN rows are normalized
+    (v <- v / nu, nu <- 1), then entries of v below ``flush_below`` in magnitude are set to 0
+    (``dynamics.FLUSH_POWER``). Idle rows (``live`` False) are skipped and must hold zeros.
+    Returns the number of rows that stop at k.
     """
-    K, B, M = R.shape
+    K, M, N = A.shape
+    B = v.shape[1]
+    if B % ROW_BLOCK or v.shape[0] != K or v.shape[2] != (2 * N if signed else N):
+        raise ValueError("step: v must be (K, B, n) with B a multiple of ROW_BLOCK")
+    X = np.zeros((B, N))  # x~(v) of the instance's rows, then A^T (scaled residual)
+    Z = np.zeros((B, M))  # A x~(v), then the scaled residual
+    nu_sign = np.zeros(B)  # WN: the sign nu_{k+1} takes
     stopping = 0
     for kk in range(K):
+        alive = live[kk]
+        for j in range(B):
+            if alive[j]:
+                _product_row(v[kk, j], X[j], depth[kk, j], signed)
+            else:
+                X[j] = 0.0
+        _rows_dot(X, A[kk], Z, alive)
         target = b[kk]
         for j in range(B):
-            if not live[kk, j]:
+            if not alive[j]:
                 continue
             L = depth[kk, j]
             wn = polar[kk, j]
@@ -104,7 +192,7 @@ def residuals(R, b, live, polar, normalized, depth, eta, r, r0, nu, loss_limit, 
                 rho = r[kk, j] / nu[kk, j]
                 rho_pow = _ipow(rho, L - 1)
                 c = rho_pow * rho
-            row = R[kk, j]
+            row = Z[j]
             sq, cross = 0.0, 0.0
             for m in range(M):
                 z = row[m]
@@ -129,102 +217,31 @@ def residuals(R, b, live, polar, normalized, depth, eta, r, r0, nu, loss_limit, 
             if wn:
                 r_ref = r[kk, j] if normalized[kk, j] else r0[kk, j]
                 a = eta[kk, j] / (r_ref * r_ref) * r[kk, j] * L * rho_pow
-                rad = a / nu[kk, j] * cross
-                radial[kk, j] = rad
-                scale = a * nu[kk, j] / (1.0 + rad)
+                radial = a / nu[kk, j] * cross
+                scale = a * nu[kk, j] / (1.0 + radial)
+                if code == RUNNING:  # r moves now, v after the backward product
+                    r[kk, j] -= eta_ratio[kk, j] * radial / r[kk, j]
+                    nu_sign[j] = nu[kk, j] * (1.0 + radial)
             else:
                 scale = eta[kk, j] * L
             for m in range(M):
                 row[m] *= scale
-    return stopping
-
-
-@njit(inline="always", fastmath=FASTMATH)
-def _step_row(row, x, L, signed, product):
-    """v <- v - p for one row (see ``update``), and x <- x~(v) of the new v if ``product``;
-    returns ||v||^2 of the new v."""
-    N = x.shape[0]
-    sq = 0.0
-    if signed:
-        for i in range(N):
-            ci = x[i]
-            u = row[i] - _ipow(row[i], L - 1) * ci
-            w = row[N + i] + _ipow(row[N + i], L - 1) * ci
-            row[i] = u
-            row[N + i] = w
-            sq += u * u + w * w
-            if product:
-                x[i] = _ipow(u, L) - _ipow(w, L)
-    else:
-        for i in range(N):
-            u = row[i] - _ipow(row[i], L - 1) * x[i]
-            row[i] = u
-            sq += u * u
-            if product:
-                x[i] = _ipow(u, L)
-    return sq
-
-
-@njit(inline="always", fastmath=FASTMATH)
-def _product_row(row, x, L, signed):
-    """x <- x~(v) for one row."""
-    N = x.shape[0]
-    if signed:
-        for i in range(N):
-            x[i] = _ipow(row[i], L) - _ipow(row[N + i], L)
-    else:
-        for i in range(N):
-            x[i] = _ipow(row[i], L)
-
-
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
-def update(v, CX, live, polar, depth, r, nu, radial, eta_ratio, signed, flush, flush_below):
-    """One step of every live row, then x~ of its new vector for the next forward product.
-
-    On entry CX[k, j] (N,) holds c = A^T R (R as ``residuals`` left it); the step is
-    p = v^(L-1) * c (signed: (u^(L-1) * c, -w^(L-1) * c) for v = (u, w)), and
-
-    - GD: v <- v - p (``gd_step``);
-    - WN-GD: v <- v - p, r <- r - eta~ radial / r, nu <- sign(nu (1 + radial)) ||v||
-      (``wn_scaled_step``: d = v / nu stays the unit direction).
-
-    If ``flush``: WN rows are normalized (v <- v / nu, nu <- 1), then entries of v below
-    ``flush_below[k, j]`` in magnitude are set to 0 (``dynamics.FLUSH_POWER``). On exit CX[k, j]
-    holds x~(v). v: (K, B, n); CX: (K, B, N); the others (K, B).
-    """
-    K, B, N = CX.shape
-    for k in range(K):
+        _rows_dot(Z, AT[kk], X, alive)
         for j in range(B):
-            if not live[k, j]:
+            if not alive[j] or stop[kk, j] != RUNNING:
                 continue
-            L = depth[k, j]
-            row, x = v[k, j], CX[k, j]
-            # depths 2 and 3 spelled out: a constant power lets the compiler vectorize the loop
-            if L == 2:
-                sq = _step_row(row, x, 2, signed, not flush)
-            elif L == 3:
-                sq = _step_row(row, x, 3, signed, not flush)
-            else:
-                sq = _step_row(row, x, L, signed, not flush)
-            if polar[k, j]:
-                rad = radial[k, j]
-                r[k, j] = r[k, j] - eta_ratio[k, j] * rad / r[k, j]
-                nu[k, j] = np.copysign(np.sqrt(sq), nu[k, j] * (1.0 + rad))
+            row = v[kk, j]
+            sq = _step_row(row, X[j], depth[kk, j], signed)
+            if polar[kk, j]:
+                nu[kk, j] = np.copysign(np.sqrt(sq), nu_sign[j])
             if flush:
-                if polar[k, j]:
-                    norm = nu[k, j]
+                if polar[kk, j]:
+                    norm = nu[kk, j]
                     for i in range(row.shape[0]):
                         row[i] /= norm
-                    nu[k, j] = 1.0
-                tiny = flush_below[k, j]
+                    nu[kk, j] = 1.0
+                tiny = flush_below[kk, j]
                 for i in range(row.shape[0]):
                     if abs(row[i]) < tiny:
                         row[i] = 0.0
-            if not flush:
-                continue
-            if L == 2:
-                _product_row(row, x, 2, signed)
-            elif L == 3:
-                _product_row(row, x, 3, signed)
-            else:
-                _product_row(row, x, L, signed)
+    return stopping

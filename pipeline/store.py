@@ -42,7 +42,7 @@ from pipeline.folder import (  # noqa: F401  (Inventory, RunIds, ShardStatus: re
 from pipeline.spec import SweepSpec
 
 RUNS_DIR, INSTANCES_DIR, QUARANTINE_DIR = RUNS, INSTANCES, "corrupt"
-LIBRARIES = ("numpy", "scipy", "cvxpy", "highspy", "pyarrow", "pandas", "ray", "pyyaml")
+LIBRARIES = ("numpy", "numba", "scipy", "cvxpy", "highspy", "pyarrow", "pandas", "ray", "pyyaml")
 
 
 def compat_fingerprint(spec: SweepSpec) -> str:

@@ -129,6 +129,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import lapack
 
 from pipeline import metrics
 
@@ -620,11 +621,9 @@ def _newton_direction(A: np.ndarray, r: np.ndarray, log_h: np.ndarray, shift: fl
     scale = 1.0 / np.sqrt(diag)
     Hs = H * scale[:, None] * scale[None, :]
     Hs[np.diag_indices_from(Hs)] = 1.0 + shift
-    try:
-        C = np.linalg.cholesky(Hs)
-    except np.linalg.LinAlgError:
+    _, y, info = lapack.dposv(Hs, -scale * r, lower=1)  # Cholesky and both triangular solves
+    if info != 0:  # not positive definite (or a bad argument)
         return None, np.nan
-    y = np.linalg.solve(C.T, np.linalg.solve(C, -scale * r))
     p = scale * y
     with np.errstate(over="ignore"):
         t_newton = math.exp(-top) if -top < 709.0 else np.inf
