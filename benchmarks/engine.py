@@ -8,7 +8,7 @@ constant init; tol = 0, so every run does exactly ``--steps`` steps), it reports
 run-step (one step of one run):
 
 - engine: the wall time of one ``run_stack`` call on all K*B runs (best of ``--repeats``);
-- per-inst: ``run_batch`` called once per instance, the engine's previous design (timed on a
+- per-inst: ``run_batch`` called once per instance: one instance per engine call (timed on a
   few instances; its cost per instance does not depend on K);
 - naive: a plain per-run numpy loop written below from docs/MODEL.md (matrix-vector products, the
   same per-step loss evaluation, stopping tests, checkpoints and tiny-entry flush as the engine),
@@ -17,7 +17,9 @@ run-step (one step of one run):
 - speedup = naive / engine;
 - GF/s: the engine's useful rate, 4*M*N flops per run-step (A x~ and A^T r), and %peak: its
   fraction of one-thread ``np.matmul`` on 1000 x 1000 matrices measured in the same process
-  (%mm: of bare stacked ``np.matmul`` on the engine's own shapes, the ceiling for these shapes).
+  (%mm: of bare stacked ``np.matmul`` on the same products, B rows per instance: what the two
+  products alone cost with BLAS; the engine computes them with its own kernel, so it can exceed
+  100%).
 
 The naive loop also checks the engine's numbers (status, iterations and final loss to 1e-8,
 else the script aborts). ``--one-instance`` adds the older table: one instance, B runs per call.

@@ -4,13 +4,12 @@ The update rules are small pure functions of arrays (``gd_step``, ``wn_tangentia
 ``wn_step``, ``wn_scaled_step``); ``run_stack`` is the loop that applies them to the runs of many
 problem instances at once:
 
-- Layout. Instances that share (M, N) and the runs' sign form a *stack*: A as a (K, M, N) array,
-  the runs' state as a (K, B, n) grid (instance, row slot, entries), instance k's runs in the
-  slots ``state[k]``, padded with idle rows up to B. A step is four calls over the whole stack:
-  the forward product A x~ and the backward product A^T r, one ``np.matmul`` each (one gemm per
-  instance, called by numpy), and between them the compiled per-row passes of
-  ``pipeline/kernels.py`` (residuals, loss, stopping tests and step scale; then the update and
-  x~ of the new weights). No Python loop runs over instances or runs inside a step.
+- Layout. Instances that share (M, N) and the runs' sign form a *stack*: A as a (K, M, N) array
+  (and its transpose), the runs' state as a (K, B, n) grid (instance, row slot, entries),
+  instance k's runs in the slots ``state[k]``, padded with idle rows up to B. A step is one
+  compiled call over the whole stack, ``kernels.step``, which takes the instances one after the
+  other (both products with A, residuals, stopping tests, the update); no Python runs per
+  instance or per run inside a step.
 - Mixed rows. Rows may differ in method, depth, alpha, eta, eta~, schedule, max_iters, tol and
   init. GD and WN-GD rows take the same vector operations: a WN row keeps its direction
   unnormalized (``wn_scaled_step``), so its direction update is GD's update ``v - p`` and
@@ -19,15 +18,13 @@ problem instances at once:
   so it is never advanced. When dropping the idle rows would shrink the grid by a tenth or more
   (``REPACK_FRACTION``), the stack is re-packed: instances without live runs leave, each keeps
   as many slots as the one with the most live runs needs.
-- Batch independence. The kernels work row by row, and each instance's products are one BLAS
-  gemm with a multiple of ``ROW_ALIGN`` rows: with OpenBLAS the last row of an odd-row gemm goes
-  through another kernel and rounds differently (and a one-row product is a gemv). So a run's
-  numbers are the same, to the last bit on the BLAS we test, whatever else shares its stack
-  (tests/test_engine.py checks it).
-- Size. Every step streams the stacked A, so a stack is kept about cache-sized
-  (``STACK_BYTES``, ``stack_bytes``): ``run_stack`` cuts a larger group into several stacks run
-  one after the other. The task runner bounds the memory of one call instead (``CALL_BYTES``,
-  with ``split_stacks``), generating one call's instances at a time.
+- Batch independence. Every row goes through the same instructions whatever shares its stack
+  (``kernels``, "Batch independence"), so a run's numbers are the same to the last bit in a
+  stack of 1 or 100 instances (tests/test_engine.py checks it).
+- Size. A stack's matrices are kept well inside the shared cache (``STACK_BYTES``,
+  ``stack_bytes``): ``run_stack`` cuts a larger group into several stacks run one after the
+  other. The task runner bounds the memory of one call instead (``CALL_BYTES``, with
+  ``split_stacks``), generating one call's instances at a time.
 """
 
 from __future__ import annotations
@@ -53,20 +50,19 @@ DIVERGENCE_FACTOR = 1e6
 #: loop that never flushes).
 FLUSH_EVERY = 8
 FLUSH_POWER = 1e-200
-#: Each instance's block of rows is padded to a multiple of this many rows. It must be even (see
-#: the module doc, "Batch independence"); 4 because OpenBLAS's dgemm (Haswell kernels, measured on
-#: an AMD EPYC) does an 8-row product faster than a 6-row one: 20% less time at (M, N) =
-#: (100, 400), the same at (40, 100) once the padded rows' element-wise work is counted.
+#: Each instance's rows are padded to a multiple of this many (``kernels.ROW_BLOCK``).
 ROW_ALIGN = kernels.ROW_BLOCK
 #: Re-pack a stack when dropping its idle rows shrinks the (K, B) grid to at most this fraction.
 #: A re-pack costs one copy of the state; idle rows cost their share of every step until then.
 #: Measured on a robustness.yaml instance (100 runs of up to 100,000 steps stopping at scattered
-#: iterations, one core): 0.5 took 19.2 s in the engine, 0.75 16.4 s, 0.9 15.9 s, 1.0 15.7 s.
+#: iterations, one core, numpy engine): 0.5 took 19.2 s, 0.75 16.4 s, 0.9 15.9 s, 1.0 15.7 s.
 REPACK_FRACTION = 0.9
-#: Size of one stack in bytes (``stack_bytes``). Measured on one core (AMD EPYC, 512 KiB L2,
-#: 32 MiB shared L3) the products' cost per run grows up to 2x once the stacked A outgrows a few
-#: MiB; a stack of this size still has hundreds of rows at (M, N) = (40, 100), enough to make the
-#: fixed cost of a step (~40 numpy calls, 50-100 us) small per run.
+#: Size of one stack in bytes (``stack_bytes``). A step reads every instance's A and A^T once
+#: from the shared cache (each instance's products run while its rows are in the core's own
+#: caches); measured on one core (AMD EPYC, 512 KiB L2, 32 MiB shared L3), at (M, N) =
+#: (100, 400) a stack of 23 instances (15 MiB) took 14.1 us per run-step, 12 instances (8 MiB)
+#: 7.7 us. A stack of this size holds ~60 instances at (40, 100), enough to make the fixed cost
+#: of a step (one call, ~10 us) small per run.
 STACK_BYTES = 8 * 2**20
 #: Memory bound of the instances of one engine call in the task runner (``split_stacks``).
 CALL_BYTES = 256 * 2**20

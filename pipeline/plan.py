@@ -46,10 +46,10 @@ _SIGN_CODE = {"nonneg": 0, "signed": 1}
 #: benchmarks/engine.py on one core: each run-step costs its products, 4*M*N flops at
 #: EFFECTIVE_FLOPS (12-17 GFLOP/s measured at 6-24 runs per instance), plus ENTRY_SECONDS per
 #: trainable entry (the element-wise passes); each step of a stack has a fixed cost shared by all
-#: its rows (~40 numpy calls in the two-layer engine; 4 calls, ~20 us, in the diagonal one, whose
-#: element-wise passes cost ~1.5 ns per entry). The rates are the slower engine's on a loaded
-#: machine, so estimates are upper bounds (as is every run taking its full max_iters: runs that
-#: converge leave the stack early).
+#: its rows (~40 numpy calls in the two-layer engine, one compiled call in the diagonal one). The
+#: rates are the two-layer engine's on a loaded machine; the diagonal engine is about twice as
+#: fast (0.9 us per run-step at (40, 100), 6 runs per instance), so estimates are upper bounds (as
+#: is every run taking its full max_iters: runs that converge leave the stack early).
 EFFECTIVE_FLOPS = 1.2e10
 ENTRY_SECONDS = 5e-9
 STEP_OVERHEAD_SECONDS = 1.0e-4
