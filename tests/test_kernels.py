@@ -137,16 +137,18 @@ def test_rows_dot_against_matmul_skipping_idle_blocks(C):
 
 
 def test_a_row_does_not_depend_on_its_block():
-    """The same row in different blocks and company: the same bits (batch independence)."""
+    """The same row in different blocks, company and numbers of rows (both loop orders of
+    ``_rows_dot``): the same bits (batch independence)."""
     rng = np.random.default_rng(5)
-    A, x = rng.standard_normal((6, 50)), rng.standard_normal(50)
+    A, x = rng.standard_normal((7, 50)), rng.standard_normal(50)
     results = []
-    for position in range(6):
-        X = rng.standard_normal((6, 50))
-        X[position] = x
-        out = np.zeros((6, 6))
-        kernels._rows_dot(X, A, out, np.ones(6, dtype=bool))
-        results.append(out[position])
+    for rows in (3, 6, kernels.FEW_ROWS + 3, 60):
+        for position in (0, 1, rows - 1):
+            X = rng.standard_normal((rows, 50))
+            X[position] = x
+            out = np.zeros((rows, 7))
+            kernels._rows_dot(X, A, out, np.ones(rows, dtype=bool))
+            results.append(out[position])
     assert all(np.array_equal(results[0], other) for other in results[1:])
 
 
