@@ -111,7 +111,24 @@ def whole_process(args: argparse.Namespace) -> None:
               f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "")
         env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
-        walls = []
+        # the naive loop on a sample of the same runs: GD and WN at every alpha, first instances
+        sample = [r for r in runs if r.instance_id == runs[0].instance_id]
+        sample = (sample * args.naive_runs)[:args.naive_runs]
+
+        def naive_sample() -> float:
+            with threadpool_limits(limits=1, user_api="blas"):
+                start = time.perf_counter()
+                for run in sample:
+                    inst = insts[run.instance_id]
+                    problem = problems.generate_instance(inst.M, inst.N, inst.s, inst.signed,
+                                                         inst.seed)
+                    naive_run(problem.A, problem.b, task._config(inst, run),
+                              initialization.initial_weights(inst.N, run.alpha, None))
+                return (time.perf_counter() - start) / len(sample)
+
+        # interleaved, best of each: this machine's speed drifts by tens of percent over minutes,
+        # and a ratio of timings taken minutes apart would carry that drift
+        walls, naives = [], []
         for k in range(args.repeats):
             start = time.perf_counter()
             proc = subprocess.run(
@@ -121,24 +138,14 @@ def whole_process(args: argparse.Namespace) -> None:
             walls.append(time.perf_counter() - start)
             if proc.returncode != 0:
                 raise SystemExit(f"the sweep failed ({proc.returncode}):\n{proc.stderr}")
-        wall = min(walls)
-        # the naive loop on a sample of the same runs: GD and WN at every alpha, first instances
-        sample = [r for r in runs if r.instance_id == runs[0].instance_id]
-        sample = (sample * args.naive_runs)[:args.naive_runs]
-        with threadpool_limits(limits=1, user_api="blas"):
-            start = time.perf_counter()
-            for run in sample:
-                inst = insts[run.instance_id]
-                problem = problems.generate_instance(inst.M, inst.N, inst.s, inst.signed, inst.seed)
-                config = task._config(inst, run)
-                w0 = initialization.initial_weights(inst.N, run.alpha, None)
-                naive_run(problem.A, problem.b, config, w0)
-            naive_each = (time.perf_counter() - start) / len(sample)
+            naives.append(naive_sample())
+        wall, naive_each = min(walls), min(naives)
     naive = naive_each * len(runs)
     run_steps = len(runs) * args.steps
     print(f"\nwhole process, serial (best of {args.repeats}): {wall:8.1f} s  "
           f"({1e6 * wall / run_steps:.3f} us per run-step, everything included)")
-    print(f"naive per-run loop, {len(sample)} runs timed, extrapolated to {len(runs)}: "
+    print(f"naive per-run loop, {len(sample)} runs timed (best of {args.repeats}), extrapolated "
+          f"to {len(runs)}: "
           f"{naive:8.1f} s  ({1e6 * naive_each / args.steps:.3f} us per run-step)")
     print(f"speedup: {naive / wall:.1f}x (target >= 10x)")
 
