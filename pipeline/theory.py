@@ -612,15 +612,14 @@ def _newton_direction(A: np.ndarray, r: np.ndarray, log_h: np.ndarray, shift: fl
     top = float(np.max(log_h))
     if not np.isfinite(top):
         return None, np.nan
-    with np.errstate(over="ignore", invalid="ignore"):
-        B = A * np.exp(0.5 * (log_h - top))
-        H = B @ B.T  # numpy uses a symmetric rank-k update for X @ X.T
-        diag = np.diag(H).copy()
-    if not (np.all(np.isfinite(H)) and np.all(diag > 0)):
+    B = A * np.exp(0.5 * (log_h - top))  # weights <= 1: finite for a finite A
+    diag = np.einsum("ij,ij->i", B, B)  # diag(H), H = B B^T
+    if not diag.min() > 0:
         return None, np.nan
     scale = 1.0 / np.sqrt(diag)
-    Hs = H * scale[:, None] * scale[None, :]
-    Hs[np.diag_indices_from(Hs)] = 1.0 + shift
+    B *= scale[:, None]
+    Hs = B @ B.T  # the Jacobi-scaled H (numpy uses a symmetric rank-k update for X @ X.T)
+    Hs.flat[::Hs.shape[0] + 1] = 1.0 + shift
     _, y, info = lapack.dposv(Hs, -scale * r, lower=1)  # Cholesky and both triangular solves
     if info != 0:  # not positive definite (or a bad argument)
         return None, np.nan
@@ -632,6 +631,9 @@ def _newton_direction(A: np.ndarray, r: np.ndarray, log_h: np.ndarray, shift: fl
 
 def _relative_norm(r: np.ndarray, b_norm: float) -> float:
     """||r|| / b_norm without overflow in the sum of squares (inf only if an entry is)."""
+    squares = float(r @ r)
+    if 1e-280 < squares < 1e280:  # no overflow or underflow in the sum: the direct norm
+        return math.sqrt(squares) / b_norm
     m = float(np.max(np.abs(r)))
     if not (np.isfinite(m) and m > 0):
         return m / b_norm if np.isfinite(m) else np.inf  # NaN -> inf as well
