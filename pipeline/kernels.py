@@ -41,9 +41,9 @@ FASTMATH = {"reassoc", "contract", "nsz"}
 ROW_BLOCK = 3
 
 #: ``_rows_dot``'s loop order (cache use only, the arithmetic is the same): up to this many rows,
-#: each pair of A's rows visits every block of rows; above, tiles of A of A_TILE_BYTES do.
-#: Measured (one core, (M, N) = (40, 100)): 102 rows 26 -> 30 GFLOP/s with tiles, 6 rows a wash
-#: at (40, 100) and 11% slower at (100, 400).
+#: each group of A's rows visits every block of rows; above, tiles of A of A_TILE_BYTES do.
+#: Measured (one core): 102 rows at (40, 100) 26 -> 30 GFLOP/s with tiles; 6 rows a wash at
+#: (40, 100) and 11% slower at (100, 400).
 FEW_ROWS = 12
 A_TILE_BYTES = 16 * 2**10
 

@@ -50,7 +50,7 @@ def basis_pursuit(
     problem, x, A_param, b_param = _bp_problem(A.shape[0], N, nonneg)
     A_param.value, b_param.value = A, b
     try:
-        problem.solve(solver=solver)
+        problem.solve(solver=solver, warm_start=False)
     except (cp.error.SolverError, ValueError) as exc:  # an unusable solver or a solver crash
         return BasisPursuit(np.full(N, np.nan), f"failed: {exc}", solver,
                             time.perf_counter() - start)
@@ -67,7 +67,9 @@ def basis_pursuit(
 def _bp_problem(M: int, N: int, nonneg: bool):
     """The basis-pursuit problem of one shape with A and b as cvxpy Parameters: cvxpy compiles it
     once per process and shape, then each instance only sets the parameters (3 ms a solve at
-    (40, 100) instead of 8). Returns (problem, x, A, b)."""
+    (40, 100) instead of 8). It is solved with ``warm_start=False``: a warm start from the
+    previous instance would make x_l1 depend, in its last digits, on what the process solved
+    before (serial and Ray would differ). Returns (problem, x, A, b)."""
     import cvxpy as cp
 
     x = cp.Variable(N, nonneg=nonneg)

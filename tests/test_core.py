@@ -282,6 +282,20 @@ def test_basis_pursuit_recovers_a_very_sparse_truth(signed):
     assert np.linalg.norm(bp.x - inst.x_star) <= 1e-8
 
 
+def test_basis_pursuit_does_not_depend_on_earlier_solves():
+    """The compiled problem is reused across instances of a shape: an instance's x_l1 must be the
+    same bits whatever the process solved before (serial and Ray solve in different orders)."""
+    insts = [problems.generate_instance(20, 50, 3, signed=k % 2 == 1, seed=40 + k) for k in range(6)]
+
+    def solve(order):
+        reference._bp_problem.cache_clear()
+        return {k: reference.basis_pursuit(insts[k].A, insts[k].b, not insts[k].signed).x
+                for k in order}
+
+    forward, backward = solve(range(6)), solve(reversed(range(6)))
+    assert all(np.array_equal(forward[k], backward[k]) for k in range(6))
+
+
 def test_basis_pursuit_failure_is_a_status():
     A = np.array([[1.0, 1.0, 1.0]])
     bp = reference.basis_pursuit(A, np.array([-1.0]), nonneg=True)  # infeasible with x >= 0
