@@ -80,7 +80,7 @@ def _rows_dot(X, A, out, live):
 
     X: (B, J) with B a multiple of ROW_BLOCK; A: (C, J); out: (B, C). Rows of a block that is
     computed but not live get values nobody reads. Four rows of A at a time meet a block of 3
-    rows in ``_dot_3x4`` (the last C mod 4 rows: ``_dot_3x2``, then one at a time). The loop
+    rows in ``_dot_3x4`` (the last C mod 4 rows of A one at a time, ``_dot_3x1``). The loop
     order only decides what stays in cache, never the arithmetic: with a few blocks, each group
     of A rows visits every block (A is read once); with many, a tile of A rows that fits the L1
     cache (A_TILE_BYTES) visits every block, so that neither is re-read from further away."""
@@ -89,7 +89,6 @@ def _rows_dot(X, A, out, live):
     if B % ROW_BLOCK or out.shape[0] != B or out.shape[1] != C or A.shape[1] != J:
         raise ValueError("_rows_dot: shapes do not match, or rows not a multiple of ROW_BLOCK")
     quads = C - C % 4
-    paired = C - C % 2
     if B <= FEW_ROWS:
         for m in range(0, quads, 4):
             for j in range(0, B, ROW_BLOCK):
@@ -102,25 +101,10 @@ def _rows_dot(X, A, out, live):
                 if live[j] or live[j + 1] or live[j + 2]:
                     for m in range(m0, min(m0 + tile, quads), 4):
                         _dot_3x4(X, A, out, j, m)
-    for m in range(quads, paired, 2):
+    for m in range(quads, C):
         for j in range(0, B, ROW_BLOCK):
             if live[j] or live[j + 1] or live[j + 2]:
-                _dot_3x2(X, A, out, j, m)
-    if C % 2:
-        a = A[C - 1]
-        for j in range(0, B, ROW_BLOCK):
-            if not (live[j] or live[j + 1] or live[j + 2]):
-                continue
-            x0, x1, x2 = X[j], X[j + 1], X[j + 2]
-            s0 = 0.0
-            s1 = 0.0
-            s2 = 0.0
-            for i in range(J):
-                p = a[i]
-                s0 += x0[i] * p
-                s1 += x1[i] * p
-                s2 += x2[i] * p
-            out[j, C - 1], out[j + 1, C - 1], out[j + 2, C - 1] = s0, s1, s2
+                _dot_3x1(X, A, out, j, m)
 
 
 @njit(inline="always", fastmath=FASTMATH)
@@ -162,27 +146,19 @@ def _dot_3x4(X, A, out, j, m):
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def _dot_3x2(X, A, out, j, m):
-    """out[j + r, m + c] = <X[j + r], A[m + c]> for r < 3, c < 2."""
+def _dot_3x1(X, A, out, j, m):
+    """out[j + r, m] = <X[j + r], A[m]> for r < 3."""
     x0, x1, x2 = X[j], X[j + 1], X[j + 2]
-    a, c = A[m], A[m + 1]
+    a = A[m]
     s0 = 0.0
     s1 = 0.0
     s2 = 0.0
-    t0 = 0.0
-    t1 = 0.0
-    t2 = 0.0
     for i in range(X.shape[1]):
-        p, q = a[i], c[i]
-        u0, u1, u2 = x0[i], x1[i], x2[i]
-        s0 += u0 * p
-        s1 += u1 * p
-        s2 += u2 * p
-        t0 += u0 * q
-        t1 += u1 * q
-        t2 += u2 * q
+        p = a[i]
+        s0 += x0[i] * p
+        s1 += x1[i] * p
+        s2 += x2[i] * p
     out[j, m], out[j + 1, m], out[j + 2, m] = s0, s1, s2
-    out[j, m + 1], out[j + 1, m + 1], out[j + 2, m + 1] = t0, t1, t2
 
 
 @njit(inline="always", fastmath=FASTMATH)
