@@ -48,8 +48,8 @@ def basis_pursuit(
     N = A.shape[1]
     start = time.perf_counter()
     problem, x, A_param, b_param = _bp_problem(A.shape[0], N, nonneg)
-    A_param.value, b_param.value = A, b
     try:
+        A_param.value, b_param.value = A, b  # cvxpy rejects non-finite data here
         problem.solve(solver=solver, warm_start=False)
     except (cp.error.SolverError, ValueError) as exc:  # an unusable solver or a solver crash
         return BasisPursuit(np.full(N, np.nan), f"failed: {exc}", solver,
@@ -63,13 +63,15 @@ def basis_pursuit(
     return BasisPursuit(value, "optimal" if accurate else "inaccurate", solver, seconds)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)
 def _bp_problem(M: int, N: int, nonneg: bool):
     """The basis-pursuit problem of one shape with A and b as cvxpy Parameters: cvxpy compiles it
-    once per process and shape, then each instance only sets the parameters (3 ms a solve at
-    (40, 100) instead of 8). It is solved with ``warm_start=False``: a warm start from the
-    previous instance would make x_l1 depend, in its last digits, on what the process solved
-    before (serial and Ray would differ). Returns (problem, x, A, b)."""
+    once per process and shape, then each instance only sets the parameters (5 ms a solve at
+    (40, 100) instead of 8; at large shapes the solver's own time dominates). It is solved with
+    ``warm_start=False``: a warm start from the previous instance's basis is much faster at large
+    shapes but makes x_l1 depend, in its last digits, on what the process solved before (serial
+    and Ray would differ). A few shapes are kept (each holds about 9 times the size of A).
+    Returns (problem, x, A, b)."""
     import cvxpy as cp
 
     x = cp.Variable(N, nonneg=nonneg)

@@ -631,7 +631,8 @@ def _newton_direction(A: np.ndarray, r: np.ndarray, log_h: np.ndarray, shift: fl
 
 def _relative_norm(r: np.ndarray, b_norm: float) -> float:
     """||r|| / b_norm without overflow in the sum of squares (inf only if an entry is)."""
-    squares = float(r @ r)
+    with np.errstate(over="ignore"):
+        squares = float(r @ r)
     if 1e-280 < squares < 1e280:  # no overflow or underflow in the sum: the direct norm
         return math.sqrt(squares) / b_norm
     m = float(np.max(np.abs(r)))

@@ -296,6 +296,12 @@ def test_basis_pursuit_does_not_depend_on_earlier_solves():
     assert all(np.array_equal(forward[k], backward[k]) for k in range(6))
 
 
+def test_basis_pursuit_of_non_finite_data_is_a_status():
+    A = np.array([[1.0, np.nan, 3.0]])
+    bp = reference.basis_pursuit(A, np.array([1.0]), nonneg=True)
+    assert bp.status.startswith("failed") and np.all(np.isnan(bp.x))
+
+
 def test_basis_pursuit_failure_is_a_status():
     A = np.array([[1.0, 1.0, 1.0]])
     bp = reference.basis_pursuit(A, np.array([-1.0]), nonneg=True)  # infeasible with x >= 0
