@@ -78,3 +78,20 @@ def wait_for_shards(folder: Path, count: int, proc: subprocess.Popen, timeout: f
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no shard was written in time"
         time.sleep(0.2)
+
+
+def settle_shards(folder: Path, quiet: float = 3.0, timeout: float = 60.0) -> None:
+    """After a sweep's driver was killed: wait until ``folder/runs`` has gained no shard for
+    ``quiet`` seconds. A worker of the dead driver's Ray instance lives on until it notices the
+    loss of its raylet and may finish (and write) the task it holds; a test that inventories the
+    folder must not race it. Fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    seen, since = -1, time.monotonic()
+    while True:
+        count = len(list((folder / "runs").glob("part-*.parquet")))
+        if count != seen:
+            seen, since = count, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        assert time.monotonic() < deadline, "shards kept appearing after the driver was killed"
+        time.sleep(0.2)

@@ -17,7 +17,7 @@ import analysis
 from analysis import ShardError
 from pipeline import cli, executors, plan, spec, store, sweep
 from pipeline.folder import RunIds
-from tests.conftest import REPO, SLOW_SWEEP, wait_for_shards
+from tests.conftest import REPO, SLOW_SWEEP, settle_shards, wait_for_shards
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml")) + sorted(
     (REPO / "tests" / "data" / "sweeps").glob("*.yaml"))
@@ -248,6 +248,7 @@ def test_resume_after_sigkill_of_a_folder_written_by_workers_is_exact(ray_local,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         subprocess.run(["pkill", "-9", "-g", str(proc.pid)], check=False)
+    settle_shards(out)
     stored = store.ResultsStore(str(out)).inventory()
     planned = plan.make_plan(spec.load_spec(path)).run_ids
     assert not stored.corrupt and 0 < len(stored.run_ids) < len(planned)

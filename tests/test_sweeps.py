@@ -15,7 +15,7 @@ import pytest
 
 import analysis
 from pipeline import cli, plan, spec, store, sweep
-from tests.conftest import REPO, SLOW_SWEEP, wait_for_shards
+from tests.conftest import REPO, SLOW_SWEEP, settle_shards, wait_for_shards
 
 METRICS = ["status", "iterations", "loss_final", "error_l1", "rel_error_l1", "error_truth",
            "l1_norm", "l1_gap", "r0", "r_final", "c_inf", "alpha_eff", "curve_iter", "curve_loss"]
@@ -162,6 +162,7 @@ def test_killed_driver_loses_and_duplicates_nothing(ray_local, make_sweep, tmp_p
     finally:
         os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
         subprocess.run(["pkill", "-9", "-g", str(proc.pid)], check=False)
+    settle_shards(out)
     stored = store.ResultsStore(str(out)).inventory().run_ids
     total = len(planned_ids(path))
     assert 0 < len(stored) < total
