@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -95,3 +97,26 @@ def settle_shards(folder: Path, quiet: float = 3.0, timeout: float = 60.0) -> No
             return
         assert time.monotonic() < deadline, "shards kept appearing after the driver was killed"
         time.sleep(0.2)
+
+
+def kill_sweep_midway(sweep: Path, out: Path, whole_group: bool) -> None:
+    """Run `wnsweep run sweep --out out` on a new local Ray instance (2 CPUs, tiny tasks), SIGKILL
+    it once two shards are written, and return when the folder is quiet (``settle_shards``).
+    ``whole_group``: kill the driver, its Ray instance and its workers at once; otherwise the
+    driver only, leaving its Ray processes orphaned (the group is killed afterwards)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(sweep), "--out", str(out), "--num-cpus", "2",
+         "--task-seconds", "0.01", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_for_shards(out, 2, proc, timeout=240)
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-g", str(proc.pid)], check=False)
+    settle_shards(out)

@@ -4,10 +4,6 @@ local disk (on S3: tests/test_s3.py), with real Ray, real Parquet and real proce
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -17,7 +13,7 @@ import analysis
 from analysis import ShardError
 from pipeline import cli, executors, plan, spec, store, sweep
 from pipeline.folder import RunIds
-from tests.conftest import REPO, SLOW_SWEEP, settle_shards, wait_for_shards
+from tests.conftest import REPO, SLOW_SWEEP, kill_sweep_midway
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml")) + sorted(
     (REPO / "tests" / "data" / "sweeps").glob("*.yaml"))
@@ -236,19 +232,7 @@ def test_resume_after_sigkill_of_a_folder_written_by_workers_is_exact(ray_local,
                                                                       tmp_path):
     path = make_sweep(text=SLOW_SWEEP)
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", str(path), "--out", str(out), "--num-cpus", "2",
-         "--task-seconds", "0.01", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        wait_for_shards(out, 2, proc, timeout=240)
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray instance and its workers
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-9", "-g", str(proc.pid)], check=False)
-    settle_shards(out)
+    kill_sweep_midway(path, out, whole_group=True)  # the driver, its Ray instance, workers
     stored = store.ResultsStore(str(out)).inventory()
     planned = plan.make_plan(spec.load_spec(path)).run_ids
     assert not stored.corrupt and 0 < len(stored.run_ids) < len(planned)

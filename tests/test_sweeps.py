@@ -3,7 +3,6 @@ resume, faults and bad input."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 import analysis
 from pipeline import cli, plan, spec, store, sweep
-from tests.conftest import REPO, SLOW_SWEEP, settle_shards, wait_for_shards
+from tests.conftest import REPO, SLOW_SWEEP, kill_sweep_midway, wait_for_shards
 
 METRICS = ["status", "iterations", "loss_final", "error_l1", "rel_error_l1", "error_truth",
            "l1_norm", "l1_gap", "r0", "r_final", "c_inf", "alpha_eff", "curve_iter", "curve_loss"]
@@ -151,18 +150,7 @@ def test_bad_sweep_file_through_the_real_command(tmp_path):
 def test_killed_driver_loses_and_duplicates_nothing(ray_local, make_sweep, tmp_path):
     path = make_sweep(text=SLOW_SWEEP)
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", str(path), "--out", str(out), "--num-cpus", "2",
-         "--task-seconds", "0.01", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        wait_for_shards(out, 2, proc, timeout=240)
-        os.kill(proc.pid, signal.SIGKILL)  # the driver only; its Ray processes are orphaned
-        proc.wait()
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
-        subprocess.run(["pkill", "-9", "-g", str(proc.pid)], check=False)
-    settle_shards(out)
+    kill_sweep_midway(path, out, whole_group=False)  # its Ray processes are orphaned
     stored = store.ResultsStore(str(out)).inventory().run_ids
     total = len(planned_ids(path))
     assert 0 < len(stored) < total
