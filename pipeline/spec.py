@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipeline import axes as axes_module
 from pipeline.parameters import (BY_NAME, INSTANCE_PARAMS, METHOD_FAMILIES,
                                  METHOD_KEYS, METHODS, PARAMS, REQUIRED, RUN_PARAMS,
                                  SHARED_RUN_PARAMS, Param, identity_value, is_default)
@@ -137,6 +138,22 @@ class SweepSpec:
     def to_dict(self) -> dict:
         """The normalized spec (defaults filled in, axes as lists), as hashed."""
         return json.loads(self.canonical_json)
+
+    def same_runs(self, canonical: dict) -> bool:
+        """Whether ``canonical`` (another spec's ``to_dict()``, as a results folder's manifest
+        stores it) names the same runs with the same settings, compared at the precision of run
+        ids (floats to 12 significant digits). True for a spec hashed by an earlier version from
+        axis values that differed in their last bits (numpy's logspace on AVX-512 machines,
+        before ``pipeline.axes``), so that its folder is recognised as this sweep's."""
+        return _at_identity_precision(canonical) == _at_identity_precision(self.to_dict())
+
+
+def _at_identity_precision(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _at_identity_precision(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_at_identity_precision(v) for v in value]
+    return identity_value(value) if isinstance(value, float) else value
 
 
 # ---------------------------------------------------------------------------------------- YAML
@@ -250,9 +267,9 @@ class _Validator:
         return mapping[key]
 
     # -- numbers
-    def number(self, v: Any, field: str, integer: bool, generated: bool = False) -> int | float:
+    def number(self, v: Any, field: str, integer: bool) -> int | float:
         """A finite int or float, never a bool or string. With ``integer``, an integral float
-        becomes an int (``generated`` values, from log/linspace, may be off by rounding)."""
+        becomes an int."""
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise self.fail(field, f"expected {'an integer' if integer else 'a number'}, "
                             f"got {_describe(v)}")
@@ -266,7 +283,7 @@ class _Validator:
             raise self.fail(field, f"values must be finite, got {x}")
         if not integer:
             return x + 0.0  # + 0.0 turns -0.0 into 0.0: one canonical form
-        if v == round(v) or (generated and abs(v - round(v)) <= 1e-9 * abs(v)):
+        if v == round(v):
             return int(round(v))
         raise self.fail(field, f"expected an integer, got {v}")
 
@@ -288,7 +305,6 @@ class _Validator:
         ``{linspace: [lo, hi, n]}``. Rejects an empty axis, duplicate values, wrong types,
         non-finite numbers, words not in ``choices`` and numbers not ``> gt`` / ``>= ge``.
         """
-        generated = False
         if isinstance(raw, dict):
             form = next(iter(raw)) if len(raw) == 1 else None
             if form not in ("values", "logspace", "linspace"):
@@ -299,8 +315,7 @@ class _Validator:
                 raise self.fail(field, f"values: expected a list, got {_describe(arg)}")
             if form != "values" and kind == "str":
                 raise self.fail(field, f"{form} makes numbers; allowed: {', '.join(choices)}")
-            generated = form != "values"
-            items = self.space(form, arg, field) if generated else arg
+            items = arg if form == "values" else self.space(form, arg, field)
         elif raw is None:
             raise self.fail(field, "empty value; give a value, a list or "
                             "{values|logspace|linspace: ...}")
@@ -316,7 +331,7 @@ class _Validator:
                     raise self.fail(field, f"must be one of {', '.join(choices)}; "
                                     f"got {_describe(v)}")
             else:
-                v = self.number(v, field, integer=(kind == "int"), generated=generated)
+                v = self.number(v, field, integer=(kind == "int"))
             if identity_value(v) in {identity_value(u) for u in out}:
                 raise self.fail(field, f"duplicate value {_fmt(v)} in the axis (equal to "
                                 "12 significant digits, the precision of run ids: it would "
@@ -329,7 +344,8 @@ class _Validator:
         return tuple(out)
 
     def space(self, form: str, arg: Any, field: str) -> list[float]:
-        """``[lo, hi, n]`` -> n floats by numpy.logspace (exponents) or numpy.linspace."""
+        """``[lo, hi, n]`` -> n floats: numpy.logspace's (exponents) or numpy.linspace's grid,
+        computed so that every machine gets the same bits (``pipeline.axes``)."""
         usage = f"{form}: expected [{'lo_exp, hi_exp' if form == 'logspace' else 'lo, hi'}, n]"
         if not isinstance(arg, list) or len(arg) != 3:
             got = arg if isinstance(arg, list) else _describe(arg)
@@ -342,9 +358,9 @@ class _Validator:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _MAX_AXIS:
             raise self.fail(field, f"{usage} with an integer n in 1..{_MAX_AXIS}, "
                             f"got n = {_fmt(n)}")
-        with np.errstate(over="ignore"):  # an overflow to inf is reported as non-finite
-            values = (np.logspace if form == "logspace" else np.linspace)(lo, hi, n)
-        return [float(x) for x in values]
+        # the same bits on every machine (pipeline/axes.py); an overflow to inf is then
+        # reported as non-finite
+        return (axes_module.logspace if form == "logspace" else axes_module.linspace)(lo, hi, n)
 
     # -- parameters
     def param(self, p: Param, mapping: dict, method: str | None = None) -> tuple:

@@ -89,6 +89,9 @@ class ResultsStore(ResultsFolder):
             manifest = None
         self._ensure_dir(self.root)
         manifest = manifest or {"created": now(), "invocations": []}
+        earlier = sorted(equivalent_spec_hashes(manifest, spec) - {spec.spec_hash})
+        if earlier:  # this sweep, hashed by an earlier version: its shards stay recognised
+            manifest["equivalent_spec_hashes"] = earlier
         manifest.update({
             "sweep": spec.name,
             "spec_hash": spec.spec_hash,
@@ -172,6 +175,19 @@ class ResultsStore(ResultsFolder):
     def _temporary(path: str) -> str:
         return posixpath.join(posixpath.dirname(path),
                               f".tmp-{uuid.uuid4().hex[:12]}-{posixpath.basename(path)}")
+
+
+def equivalent_spec_hashes(manifest: dict | None, spec: SweepSpec) -> set[str]:
+    """``spec``'s hash and the hashes by which earlier versions of wnsweep identified the same
+    sweep in this folder (``SweepSpec.same_runs``): shards carrying any of them hold runs of
+    ``spec``."""
+    hashes = {spec.spec_hash}
+    if manifest:
+        hashes.update(manifest.get("equivalent_spec_hashes", ()))
+        stored = manifest.get("spec_hash")
+        if stored and stored != spec.spec_hash and spec.same_runs(manifest.get("spec") or {}):
+            hashes.add(stored)
+    return hashes
 
 
 def _incompatibility(manifest: dict, spec: SweepSpec) -> str:

@@ -239,7 +239,8 @@ def status_text(out: str) -> tuple[str, bool]:
         lines.append(f"{inventory.duplicates} run_ids are stored in more than one shard "
                      "(two runs into one folder at once?); analysis.load keeps one copy")
     if stored_spec is not None:
-        planned, missing = _planned_and_missing(stored_spec, inventory)
+        planned, missing = _planned_and_missing(
+            stored_spec, inventory, store.equivalent_spec_hashes(manifest, stored_spec))
         lines.append(f"done {done} / {planned} runs, missing {missing}, "
                      f"corrupt shards {len(corrupt)}")
         healthy = missing == 0 and not corrupt and not inventory.duplicates
@@ -264,13 +265,14 @@ def _stored_spec(results: store.ResultsStore, manifest: dict) -> SweepSpec | Non
         return None
 
 
-def _planned_and_missing(spec: SweepSpec, inventory: store.Inventory) -> tuple[int, int]:
+def _planned_and_missing(spec: SweepSpec, inventory: store.Inventory,
+                         hashes: set[str]) -> tuple[int, int]:
     """The sweep's run count and how many of its runs are not stored. When every done shard was
-    written for this very spec (its spec hash), each stored run_id is one of its runs, and both
-    numbers are counts; otherwise (the sweep was extended or changed) the sweep's run_ids are
-    expanded, task by task, and compared."""
+    written for this very spec (one of its ``hashes``: ``store.equivalent_spec_hashes``), each
+    stored run_id is one of its runs, and both numbers are counts; otherwise (the sweep was
+    extended or changed) the sweep's run_ids are expanded, task by task, and compared."""
     planned = count_runs(spec)
-    if all(s.spec_hashes == {spec.spec_hash} for s in inventory.done):
+    if all(s.spec_hashes and s.spec_hashes <= hashes for s in inventory.done):
         return planned, planned - len(inventory.run_ids)
     missing = 0
     for lazy in lazy_tasks(spec):

@@ -48,6 +48,16 @@ def D_of(U, V):
     return U.T @ U - V.T @ V
 
 
+UNIT_ROUNDOFF = np.finfo(np.float64).eps / 2
+
+
+def gamma(n: int) -> float:
+    """Higham's gamma_n = n u / (1 - n u): a float64 sum of n products is within
+    gamma_n * sum |a_i b_i| of the exact one (Accuracy and Stability of Numerical Algorithms,
+    Lemma 3.1 and eq. 3.5), in any order of summation, with or without fused multiply-adds."""
+    return n * UNIT_ROUNDOFF / (1 - n * UNIT_ROUNDOFF)
+
+
 @pytest.fixture(scope="module")
 def instance():
     return twolayer.generate_instance(10, 30, 1, seed=1)
@@ -101,9 +111,18 @@ def test_initial_weights_are_seeded_and_imbalance_rescales_along_the_symmetry(in
     assert np.sum(U**2) / (N * alpha**2) == pytest.approx(1.0, rel=0.15)
     lam = 1.5
     Ul, Vl = twolayer.initial_weights(N, K, h, alpha, "random", lam, seed=7)
-    np.testing.assert_allclose(Ul @ Vl.T, U @ V.T, rtol=1e-14)  # same product, same loss
-    np.testing.assert_allclose(D_of(Ul, Vl), np.exp(lam) * U.T @ U - np.exp(-lam) * V.T @ V,
-                               rtol=1e-12, atol=1e-14)
+    # Same product, same loss, up to rounding: both products are float64 sums of h terms
+    # (gamma_h each, whatever the BLAS kernel's order), and the rescaled factors differ from
+    # the exact e^(+-lam/2) U, V by at most 8 roundings in all (exp(+-lam/2) within one ulp, 2u
+    # each; the two scale products and the two entry-wise scalings, u each).
+    magnitude = np.abs(U) @ np.abs(V).T
+    bound = (2 * gamma(h) + 8 * UNIT_ROUNDOFF) * magnitude
+    assert np.all(np.abs(Ul @ Vl.T - U @ V.T) <= bound)
+    # The imbalance scales by e^lam and e^-lam: Gram sums of N and K terms, and up to 8
+    # roundings of the factors, the two multiplications by exp(+-lam) and the subtraction.
+    uu, vv = np.exp(lam) * (np.abs(U).T @ np.abs(U)), np.exp(-lam) * (np.abs(V).T @ np.abs(V))
+    bound = (2 * gamma(N) + 12 * UNIT_ROUNDOFF) * uu + (2 * gamma(K) + 12 * UNIT_ROUNDOFF) * vv
+    assert np.all(np.abs(D_of(Ul, Vl) - (np.exp(lam) * U.T @ U - np.exp(-lam) * V.T @ V)) <= bound)
     # range: the same draw with the null-space component removed
     Ur, Vr = twolayer.initial_weights(N, K, h, alpha, "range", 0.0, seed=7, A=instance.A)
     assert np.array_equal(Vr, V)
