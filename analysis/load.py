@@ -3,15 +3,15 @@
 Layout (docs/SWEEP_FILES.md)::
 
     <results>/sweep.yaml, manifest.json
-    <results>/runs/part-<task>.parquet        pipeline.schema.RUNS_SCHEMA, one row per run
-    <results>/instances/part-<task>.parquet   pipeline.schema.INSTANCES_SCHEMA, one row per instance
+    <results>/runs/part-<task>.parquet        pipeline.results.schema.RUNS_SCHEMA, one row per run
+    <results>/instances/part-<task>.parquet   pipeline.results.schema.INSTANCES_SCHEMA, one row per instance
 
 ``load`` returns one row per run (all RUNS_SCHEMA columns, plus any newer columns a shard carries)
 left-joined on ``instance_id`` with the instance columns runs do not already have
 (``INSTANCE_COLUMNS``). Instances may be stored more than once after a resumed run: they are
 deduplicated by ``instance_id`` (first occurrence in shard-name order wins).
 
-Which files are shards and which shards are valid is ``pipeline.folder``'s rule, the same one
+Which files are shards and which shards are valid is ``pipeline.results.folder``'s rule, the same one
 ``wnsweep status`` and resume apply: a shard pair that status calls ``corrupt`` or
 ``missing-instances`` raises ``ShardError`` naming the file and giving that verdict
 (``on_corrupt="raise"``) or is skipped with a ``warnings.warn`` naming it (``on_corrupt="skip"``).
@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.folder import (
+from pipeline.results.folder import (
     OPTIONAL,
     ORPHAN_INSTANCES,
     RUNS,
@@ -38,7 +38,7 @@ from pipeline.folder import (
     ShardError,
     StoreError,
 )
-from pipeline.schema import RUNS_SCHEMA
+from pipeline.results.schema import RUNS_SCHEMA
 
 __all__ = ["INSTANCE_COLUMNS", "ResultsNotFoundError", "ShardError", "load", "load_provenance",
            "resolve"]

@@ -1,4 +1,4 @@
-"""Throughput of the stacked GD / WN-GD engine (``pipeline.dynamics.run_stack``).
+"""Throughput of the stacked GD / WN-GD engine (``pipeline.families.diagonal.dynamics.run_stack``).
 
 The main table is shaped like the sweeps wnsweep runs: many instances (K), a handful of runs on
 each (B). For (M, N) in {(40, 100), (100, 400)}, L in {2, 3}, K in {16, 64, 256} and B in {6, 24},
@@ -46,7 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the checkout this script belongs to, before any installed copy
     sys.path.insert(0, str(ROOT))
 
-from pipeline import dynamics, initialization, problems  # noqa: E402
+from pipeline import problems  # noqa: E402
+from pipeline.families import training
+from pipeline.families.diagonal import dynamics, initialization
 
 #: (M, N, s, eta at L = 2; halved at L = 3). WN-GD uses the `normalized` schedule: its step in
 #: w-space stays eta while the norm r grows. (With the default `constant` schedule that step grows
@@ -91,7 +93,7 @@ def naive_run(A: np.ndarray, b: np.ndarray, cfg: dynamics.RunConfig, w0: np.ndar
         raise NotImplementedError("the naive loop covers the nonneg model only")
     L, eta, wn = cfg.depth, cfg.eta, cfg.method == "wn"
     normalized = cfg.schedule == "normalized"
-    checkpoints = set(dynamics.checkpoint_iterations(cfg.max_iters, cfg.checkpoints).tolist())
+    checkpoints = set(training.checkpoint_iterations(cfg.max_iters, cfg.checkpoints).tolist())
     flush_below = dynamics.FLUSH_POWER ** (1.0 / L)
     w = np.array(w0, dtype=np.float64)
     r0 = r = float(np.sqrt(w @ w))

@@ -46,7 +46,8 @@ if str(ROOT) not in sys.path:
 import numpy as np
 import pyarrow as pa
 
-from pipeline import executors, plan, schema, spec, store, sweep
+from pipeline import executors, plan, spec, sweep
+from pipeline.results import schema, store
 
 #: One setting, one run per instance: the run count is ``trials`` (the issue's new-user sweep).
 ONE_SETTING = """\
@@ -212,7 +213,7 @@ def quickstart_task() -> tuple[plan.Task, float, executors.Completed]:
     loaded = spec.load_spec(QUICKSTART)
     tasks = plan.make_plan(loaded).tasks(min_tasks=8 * 2)
     task = tasks[0]
-    from pipeline.reference import silence_highs_banner
+    from pipeline.families.diagonal.reference import silence_highs_banner
 
     silence_highs_banner()
     executors.run_task(task)  # warm-up: imports, cvxpy's first solve

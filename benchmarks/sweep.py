@@ -68,7 +68,7 @@ def _warm_up() -> None:
     cvxpy's first solve (its lazy imports and first canonicalization, about a second)."""
     import numpy as np
 
-    from pipeline import reference
+    from pipeline.families.diagonal import reference
 
     reference.basis_pursuit(np.array([[1.0, 2.0, 3.0]]), np.array([1.0]), nonneg=True)
 
@@ -98,7 +98,8 @@ def whole_process(args: argparse.Namespace) -> None:
     from threadpoolctl import threadpool_limits
 
     from benchmarks.engine import naive_run
-    from pipeline import initialization, problems, task
+    from pipeline.families.diagonal import initialization, problems
+    from pipeline.families.diagonal import run as diagonal_run
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sweep.yaml"
@@ -120,9 +121,9 @@ def whole_process(args: argparse.Namespace) -> None:
                 start = time.perf_counter()
                 for run in sample:
                     inst = insts[run.instance_id]
-                    problem = problems.generate_instance(inst.M, inst.N, inst.s, inst.signed,
-                                                         inst.seed)
-                    naive_run(problem.A, problem.b, task._config(inst, run),
+                    signed = inst.sign == "signed"
+                    problem = problems.generate_instance(inst.M, inst.N, inst.s, signed, inst.seed)
+                    naive_run(problem.A, problem.b, diagonal_run.engine_config(inst, run),
                               initialization.initial_weights(inst.N, run.alpha, None))
                 return (time.perf_counter() - start) / len(sample)
 

@@ -1,5 +1,5 @@
-"""Cost of one predicted-limit solve (``pipeline.theory.predicted_limit``) against one basis-pursuit
-solve (``pipeline.reference.basis_pursuit``, cvxpy + HiGHS) on the same instance.
+"""Cost of one predicted-limit solve (``pipeline.families.diagonal.theory.predicted_limit``) against one basis-pursuit
+solve (``pipeline.families.diagonal.reference.basis_pursuit``, cvxpy + HiGHS) on the same instance.
 
 What is measured, for each shape (M, N), sign (nonneg, signed) and depth L in (2, 3), on one
 generated instance (s = M / 8 nonzeros) and initial weights of scale alpha (constant and random
@@ -35,7 +35,8 @@ try:
 except ImportError:  # run as `python benchmarks/theory.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import initialization, problems, reference, theory  # noqa: E402
+from pipeline import theory  # noqa: E402
+from pipeline.families.diagonal import initialization, problems, reference
 
 SHAPES = ((40, 100), (100, 400), (200, 1000))
 DEPTHS = (2, 3)

@@ -1,4 +1,4 @@
-"""Throughput of the batched two-layer engine (``pipeline.twolayer.run_batch``) against a naive loop.
+"""Throughput of the batched two-layer engine (``pipeline.engine.run_batch``) against a naive loop.
 
 For each shape (M, N, K, h) and batch size B, on one generated instance (dense X*), random init with
 alpha = 0.5 and imbalance cycling -1, 0, 1, eta = 0.005 and tol = 0 so every run does exactly
@@ -33,8 +33,8 @@ try:
 except ImportError:  # run as `python benchmarks/twolayer.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import twolayer  # noqa: E402
-from pipeline.dynamics import checkpoint_iterations  # noqa: E402
+from pipeline.families.training import checkpoint_iterations  # noqa: E402
+from pipeline.families.twolayer import engine, model  # noqa: E402
 
 SHAPES = ((10, 30, 1, 5), (10, 30, 1, 50), (10, 30, 1, 500), (40, 100, 1, 100), (40, 100, 4, 100))
 BATCH_SIZES = (1, 16, 128)
@@ -43,9 +43,9 @@ REL_TOL = 1e-8
 
 
 def make_batch(M, N, K, h, B, steps, seed=0):
-    inst = twolayer.generate_instance(M, N, K, seed=seed)
-    configs = [twolayer.TwoLayerConfig(width=h, eta=ETA, max_iters=steps, tol=0.0)] * B
-    weights = [twolayer.initial_weights(N, K, h, ALPHA, "random", IMBALANCES[j % 3], seed=j)
+    inst = model.generate_instance(M, N, K, seed=seed)
+    configs = [engine.TwoLayerConfig(width=h, eta=ETA, max_iters=steps, tol=0.0)] * B
+    weights = [model.initial_weights(N, K, h, ALPHA, "random", IMBALANCES[j % 3], seed=j)
                for j in range(B)]
     return inst.A, inst.Y, configs, [w[0] for w in weights], [w[1] for w in weights]
 
@@ -91,7 +91,7 @@ def main() -> None:
             best = np.inf
             for _ in range(repeats):
                 start = time.perf_counter()
-                results = twolayer.run_batch(A, Y, configs, U0s, V0s)
+                results = engine.run_batch(A, Y, configs, U0s, V0s)
                 best = min(best, time.perf_counter() - start)
             engine_us = best / (B * steps) * 1e6
             if naive_us is None:  # per-run cost independent of B: time it once per shape
@@ -100,7 +100,7 @@ def main() -> None:
                 start = time.perf_counter()
                 products = [naive_run(A_n, Y_n, c, U, V) for c, U, V in zip(cfg_n, U_n, V_n)]
                 naive_us = (time.perf_counter() - start) / (n * steps) * 1e6
-                reference = twolayer.run_batch(A_n, Y_n, cfg_n, U_n, V_n)
+                reference = engine.run_batch(A_n, Y_n, cfg_n, U_n, V_n)
                 for P, res in zip(products, reference):
                     err = np.linalg.norm(P - res.product) / np.linalg.norm(P)
                     if not err <= REL_TOL:

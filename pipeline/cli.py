@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import pyarrow as pa
 
-    from pipeline.folder import ResultsNotFoundError, StoreError
+    from pipeline.results.folder import ResultsNotFoundError, StoreError
     from pipeline.spec import SpecError
 
     try:
@@ -94,7 +94,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print("wnsweep: error: --task-seconds must be > 0", file=sys.stderr)
             return 2
         if not args.verbose and args.executor == "serial":  # solves in this process
-            from pipeline.reference import silence_highs_banner
+            from pipeline.families.diagonal.reference import silence_highs_banner
 
             silence_highs_banner()
         outcome = sweep.run_sweep(

@@ -17,7 +17,7 @@ for a local path, when that node sees the very ``manifest.json`` the driver wrot
 time and size: the driver's machine, or a shared file system). Otherwise, or when its write
 fails (a worker without S3 credentials), it hands its tables back in ``Completed.result`` and
 the driver writes them. Exactly once: a task's shards are named by its id, each written whole
-(``pipeline.store``), so a retried task, or one repeated after a killed driver, replaces the same
+(``pipeline.results.store``), so a retried task, or one repeated after a killed driver, replaces the same
 two files; a run is stored when a valid runs shard holds it, whoever wrote it.
 """
 
@@ -37,8 +37,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline import store
 from pipeline.plan import LazyTask, Task
+from pipeline.results import store
 from pipeline.spec import SpecError
 from pipeline.task import TaskResult, run_task
 

@@ -36,25 +36,18 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.parameters import (INSTANCE_PARAMS, METHOD_FAMILIES, RUN_PARAMS, SHARED_RUN_PARAMS,
-                                 identity_items)
+from pipeline import families
+from pipeline.families.base import STEP_OVERHEAD_SECONDS
+from pipeline.parameters import (
+    INSTANCE_PARAMS,
+    METHOD_FAMILIES,
+    RUN_PARAMS,
+    SHARED_RUN_PARAMS,
+    identity_items,
+)
 from pipeline.spec import SweepSpec
 
-_SIGN_CODE = {"nonneg": 0, "signed": 1}
-
-#: Cost model of the engines (pipeline/dynamics.py, pipeline/twolayer.py), calibrated with
-#: benchmarks/engine.py on one core: each run-step costs its products, 4*M*N flops at
-#: EFFECTIVE_FLOPS (12-17 GFLOP/s measured at 6-24 runs per instance), plus ENTRY_SECONDS per
-#: trainable entry (the element-wise passes); each step of a stack has a fixed cost shared by all
-#: its rows (~40 numpy calls in the two-layer engine, one compiled call in the diagonal one). The
-#: rates are the two-layer engine's on a loaded machine; the diagonal engine is about twice as
-#: fast (0.9 us per run-step at (40, 100), 6 runs per instance), so estimates are upper bounds (as
-#: is every run taking its full max_iters: runs that converge leave the stack early).
-EFFECTIVE_FLOPS = 1.2e10
-ENTRY_SECONDS = 5e-9
-STEP_OVERHEAD_SECONDS = 1.0e-4
-BP_SECONDS = 0.05
-#: Default wall time a task aims at (estimated by the cost model above).
+#: Default wall time a task aims at (estimated by each family's cost model, ``Family.cost``).
 TASK_SECONDS = 20.0
 #: A task is not cut smaller than the work whose step overhead is this share of it (unless the
 #: caller's ``task_seconds`` asks for it): smaller tasks would spend their time on numpy calls.
@@ -92,12 +85,9 @@ class InstanceKey(_Params):
     file_sha256: str | None = None
 
     @property
-    def signed(self) -> bool:
-        return self.params["sign"] == "signed"
-
-    @property
     def family(self) -> str:
-        return self.params.get("family") or "diagonal"
+        """The name of its model family (``pipeline.families``)."""
+        return families.family_name(self.params.get("family"))
 
 
 @dataclass(frozen=True)
@@ -107,7 +97,7 @@ class Run(_Params):
 
     run_id: str
     instance_id: str
-    method: str  # gd | wn
+    method: str  # a key of pipeline.families.METHODS
     params: dict[str, Any]
 
 
@@ -118,7 +108,7 @@ class Task:
     task_id: str
     sweep: str
     spec_hash: str
-    bp_solver: str
+    reference_solver: str
     save_solutions: bool
     instances: tuple[InstanceKey, ...]
     runs: tuple[Run, ...]
@@ -185,7 +175,7 @@ def _make_task(spec: SweepSpec, batch: list[tuple[InstanceKey, list[Run]]], cost
         task_id=digest[:16],
         sweep=spec.name,
         spec_hash=spec.spec_hash,
-        bp_solver=spec.bp_solver,
+        reference_solver=spec.reference_solver,
         save_solutions=spec.save_solutions,
         instances=tuple(inst for inst, _ in batch),
         runs=runs,
@@ -193,35 +183,10 @@ def _make_task(spec: SweepSpec, batch: list[tuple[InstanceKey, list[Run]]], cost
     )
 
 
-def run_step_seconds(M: int, N: int, signed: bool) -> float:
-    """Estimated seconds of one step of one run in a stack (its share of a step's fixed cost
-    aside): its two products with A and its element-wise passes."""
-    n = 2 * N if signed else N
-    return 4.0 * M * N / EFFECTIVE_FLOPS + n * ENTRY_SECONDS
-
-
 def instance_cost(inst: InstanceKey, runs: list[Run]) -> float:
-    """Estimated seconds for one instance: a BP solve plus its runs in a stack, every run taking
-    its full max_iters (an upper bound: runs that converge leave the stack early). A twolayer
-    instance has no BP solve and runs in its own engine calls, one per width
-    (``twolayer.run_batch``), so it also pays their step overhead."""
-    if inst.family == "twolayer":
-        return _twolayer_cost(inst, runs)
-    iterations = sum(r.max_iters for r in runs)
-    return BP_SECONDS + iterations * run_step_seconds(inst.M, inst.N, inst.signed)
-
-
-def _twolayer_cost(inst: InstanceKey, runs: list[Run]) -> float:
-    """Per run-step: the two GEMMs with A (4 M N K flops), U V^T and the two gradients
-    (6 N K h flops) and the element-wise passes over its (N + K) h weights; per step of each
-    width's call, the fixed overhead."""
-    K = inst.params.get("outputs") or 1
-    seconds = sum(r.max_iters * ((4.0 * inst.M * inst.N * K + 6.0 * inst.N * K * r.width)
-                                 / EFFECTIVE_FLOPS + (inst.N + K) * r.width * ENTRY_SECONDS)
-                  for r in runs)
-    widths = {r.width for r in runs}
-    steps = sum(max(r.max_iters for r in runs if r.width == w) for w in widths)
-    return seconds + steps * STEP_OVERHEAD_SECONDS
+    """Estimated seconds for one instance and these runs: its family's cost model
+    (``Family.cost``), an upper bound (every run to its max_iters)."""
+    return families.family(inst.family).cost(inst, runs)
 
 
 def instance_seed(master_seed: int, spawn_key: tuple[int, ...]) -> int:
@@ -298,25 +263,20 @@ def _instance_combinations(spec: SweepSpec) -> list[dict[str, Any]]:
 
 def _instance(spec: SweepSpec, params: dict[str, Any], trial: int) -> InstanceKey:
     """One instance: a combination of instance parameter values (``_instance_combinations``)
-    and a trial.
-
-    Seeds are a contract (changing them changes every instance of existing sweeps): a generated
-    instance's spawn key is (0, M, N, s, sign, trial), a file instance's (1, file hash, sign,
-    trial), a generated twolayer instance's (2, M, N, s or 0, outputs, trial)."""
+    and a trial. Its seed's spawn key is its family's (``Family.spawn_key``, a contract:
+    changing it changes every instance of existing sweeps); an instance file's code is the first
+    15 hex digits of its content hash."""
     p = spec.problem
-    if params["family"] == "twolayer":
-        seed = instance_seed(spec.seed, (2, params["M"], params["N"], params["s"] or 0,
-                                         params["outputs"], trial))
-        key = InstanceKey("", trial, seed, params)
-        return replace(key, instance_id=_hash(_problem_identity(spec, key), "i-", 16))
-    code = _SIGN_CODE[params["sign"]]
+    family = families.family(params["family"])
+    file_code = None
     if p.file is not None:
         M, N = p.file_shape  # type: ignore[misc]
         params = {**params, "M": M, "N": N, "s": None}
         file_code = int(p.file_sha256[:15], 16)  # type: ignore[index]
-        seed = instance_seed(spec.seed, (1, file_code, code, trial))
-    else:
-        seed = instance_seed(spec.seed, (0, params["M"], params["N"], params["s"], code, trial))
+    spawn_key = family.spawn_key(params, trial, file_code)
+    if spawn_key[0] not in family.seed_codes:
+        raise AssertionError(f"family {family.name}: spawn key {spawn_key} outside its codes")
+    seed = instance_seed(spec.seed, spawn_key)
     key = InstanceKey("", trial, seed, params, p.file, p.file_sha256)
     return replace(key, instance_id=_hash(_problem_identity(spec, key), "i-", 16))
 
@@ -326,11 +286,13 @@ def summarize(plan: Plan, tasks: list[Task]) -> str:
     by_method: dict[str, int] = {}
     for run in plan.runs:
         by_method[run.method] = by_method.get(run.method, 0) + 1
-    twolayer = sum(inst.family == "twolayer" for inst in plan.instances)
-    return _summary(plan.spec, by_method, len(plan.instances), twolayer, tasks)
+    by_family: dict[str, int] = {}
+    for inst in plan.instances:
+        by_family[inst.family] = by_family.get(inst.family, 0) + 1
+    return _summary(plan.spec, by_method, by_family, tasks)
 
 
-def _summary(spec: SweepSpec, by_method: dict[str, int], n_instances: int, twolayer: int,
+def _summary(spec: SweepSpec, by_method: dict[str, int], by_family: dict[str, int],
              tasks: list[LazyTask] | list[Task]) -> str:
     """The lines of ``summarize`` / ``summarize_lazy`` from the counts and the tasks to run."""
     todo = sum(t.runs_count if isinstance(t, LazyTask) else len(t.runs) for t in tasks)
@@ -339,7 +301,7 @@ def _summary(spec: SweepSpec, by_method: dict[str, int], n_instances: int, twola
         f"sweep {spec.name} ({spec.source}), spec hash {spec.spec_hash[:12]}",
         f"runs:      {sum(by_method.values())} ("
         + ", ".join(f"{m} {n}" for m, n in sorted(by_method.items())) + ")",
-        f"instances: {n_instances} ({_note(n_instances, twolayer)})",
+        f"instances: {sum(by_family.values())} ({_note(by_family)})",
         f"to run:    {todo} runs in {len(tasks)} tasks",
         f"cost:      at most ~{_duration(cpu)} of CPU time (every run to max_iters); "
         f"~{_duration(cpu / 2)} on 2 CPUs",
@@ -347,12 +309,14 @@ def _summary(spec: SweepSpec, by_method: dict[str, int], n_instances: int, twola
     return "\n".join(lines)
 
 
-def _note(instances: int, twolayer: int) -> str:
-    if not twolayer:
-        return "one basis-pursuit solve each"
-    if twolayer == instances:
-        return "twolayer: reference A^+ Y, no basis-pursuit solve"
-    return f"{instances - twolayer} diagonal with a basis-pursuit solve each, {twolayer} twolayer"
+def _note(by_family: dict[str, int]) -> str:
+    """What each instance needs besides its runs (``Family.reference``), per family."""
+    if len(by_family) == 1:
+        name = next(iter(by_family))
+        reference = families.family(name).reference
+        return reference if name == families.DEFAULT_FAMILY else f"{name}: {reference}"
+    return "; ".join(f"{n} {name}: {families.family(name).reference}"
+                     for name, n in by_family.items())
 
 
 def _duration(seconds: float) -> str:
@@ -513,6 +477,7 @@ def summarize_lazy(spec: SweepSpec, tasks: list[LazyTask] | list[Task]) -> str:
     for _, runs in representatives:
         for run in runs:
             by_method[run.method] = by_method.get(run.method, 0) + spec.trials
-    instances = [inst for inst, _ in representatives]
-    twolayer = sum(inst.family == "twolayer" for inst in instances) * spec.trials
-    return _summary(spec, by_method, len(instances) * spec.trials, twolayer, tasks)
+    by_family: dict[str, int] = {}
+    for inst, _ in representatives:
+        by_family[inst.family] = by_family.get(inst.family, 0) + spec.trials
+    return _summary(spec, by_method, by_family, tasks)

@@ -52,15 +52,26 @@ import numpy as np
 import yaml
 
 from pipeline import axes as axes_module
-from pipeline.parameters import (BY_NAME, INSTANCE_PARAMS, METHOD_FAMILIES,
-                                 METHOD_KEYS, METHODS, PARAMS, REQUIRED, RUN_PARAMS,
-                                 SHARED_RUN_PARAMS, Param, identity_value, is_default)
+from pipeline import families as family_registry
+from pipeline.parameters import (
+    BY_NAME,
+    INSTANCE_PARAMS,
+    METHOD_FAMILIES,
+    METHOD_KEYS,
+    METHODS,
+    PARAMS,
+    REQUIRED,
+    RUN_PARAMS,
+    SHARED_RUN_PARAMS,
+    Param,
+    identity_value,
+    is_default,
+)
 
 __all__ = ["SpecError", "ProblemSpec", "MethodSpec", "SweepSpec", "load_spec", "parse_spec"]
 
 _NAME_RE = re.compile(r"[a-z0-9._-]+")
 _MAX_AXIS = 100_000  # a logspace/linspace longer than this is surely a typo
-_METHOD_NAMES = {"gd": "GD", "wn": "WN-GD"}
 _TOP_KEYS = ("name", "description", "seed", "trials", "problem", "model", "init", "methods",
              "train", "reference", "output")
 
@@ -119,7 +130,7 @@ class SweepSpec:
     problem: ProblemSpec
     axes: dict[str, tuple]
     methods: tuple[MethodSpec, ...]
-    bp_solver: str
+    reference_solver: str
     save_solutions: bool
     source: str
     text: str
@@ -129,7 +140,7 @@ class SweepSpec:
 
     @property
     def families(self) -> tuple[str, ...]:
-        return self.axes.get("family", ("diagonal",))
+        return self.axes.get("family", (family_registry.DEFAULT_FAMILY,))
 
     def family_axes(self, family: str) -> dict[str, tuple]:
         """``by_family[family]``, or ``axes`` for a spec built without it."""
@@ -236,7 +247,7 @@ class _Validator:
     def __init__(self, source: str, base_dir: str):
         self.source, self.base_dir = source, base_dir
         self.given: set[str] = set()  # names of the shared parameters the file gives
-        self.families: tuple[str, ...] = ("diagonal",)
+        self.families: tuple[str, ...] = (family_registry.DEFAULT_FAMILY,)
 
     def fail(self, field: str, message: str) -> SpecError:
         return SpecError(self.source, field, message)
@@ -378,8 +389,8 @@ class _Validator:
             defaults = [p.default_for(f) for f in families]
             missing = [f for f, d in zip(families, defaults) if d is REQUIRED]
             if missing:
-                extra = "; or give problem.file" if p.generated and "twolayer" not in missing \
-                    else ""
+                takes_file = all(family_registry.family(f).takes_file for f in missing)
+                extra = "; or give problem.file" if p.generated and takes_file else ""
                 which = "" if (p.families is None and not p.by_family) else \
                     f" for the {', '.join(missing)} family"
                 raise self.fail(field, f"required{which}: {p.doc} ({p.rule()}){extra}")
@@ -432,10 +443,14 @@ class _Validator:
                             hint=f"{', '.join(p.key for p in params)} (generated) or "
                             f"file, {', '.join(p.key for p in params if not p.generated)}"
                             " (user instance)")
-        if "file" in prob and "twolayer" in self.families:
-            raise self.fail("problem.file", "an instance file holds a diagonal-family problem "
-                            "(A, b); the twolayer family takes a generated problem "
-                            "(M, N, outputs, sparsity)")
+        no_file = [f for f in self.families if not family_registry.family(f).takes_file]
+        if "file" in prob and no_file:
+            takes = [f for f in family_registry.FAMILIES if family_registry.family(f).takes_file]
+            keys = ", ".join(p.key for p in generated
+                             if any(p.applies_to_family(f) for f in no_file))
+            raise self.fail("problem.file", f"an instance file holds a problem of the "
+                            f"{' or '.join(takes)} family; the {', '.join(no_file)} family takes "
+                            f"a generated problem ({keys})")
         if "file" in prob:
             mixed = [p.key for p in generated if p.key in prob]
             if mixed:
@@ -447,16 +462,15 @@ class _Validator:
                                file_has_x_star=has_x), axes
         axes = {p.name: self.param(p, prob) for p in params}
         M, N = axes["M"], axes["N"]
-        s = tuple(x for x in axes["s"] if x is not None)
         if max(M) >= min(N):
             raise self.fail("problem.M", f"M must be < N for every combination, got M = {max(M)}, "
                             f"N = {min(N)}")
-        if s and "diagonal" not in self.families and max(s) > min(N):
-            raise self.fail("problem.sparsity", "s must be <= N for every combination, got "
-                            f"s = {max(s)}, N = {min(N)}")
-        if s and "diagonal" in self.families and max(s) > min(M):
-            raise self.fail("problem.sparsity", "s must be <= M for every combination, got "
-                            f"s = {max(s)}, M = {min(M)}")
+        for f in self.families:  # each family's rules, on the values its instances get
+            own = {name: self.family_values(BY_NAME[name], values, f)
+                   for name, values in axes.items()}
+            violated = family_registry.family(f).check(own)
+            if violated:
+                raise self.fail(*violated)
         return ProblemSpec(), axes
 
     def problem_file(self, raw: Any,
@@ -526,7 +540,8 @@ class _Validator:
                 raise self.fail(f"methods.{name}", f"unknown method; allowed: {', '.join(METHODS)}")
             if not set(METHOD_FAMILIES[name]) & set(self.families):
                 takes = [m for m in METHODS if set(METHOD_FAMILIES[m]) & set(self.families)]
-                raise self.fail(f"methods.{name}", f"{_METHOD_NAMES[name]} is defined for the "
+                display = family_registry.METHOD_NAMES[name]
+                raise self.fail(f"methods.{name}", f"{display} is defined for the "
                                 f"{' and '.join(METHOD_FAMILIES[name])} family only; the "
                                 f"{', '.join(self.families)} family takes {', '.join(takes)}")
             mapping = self.section(raw, f"methods.{name}", METHOD_KEYS[name])
@@ -598,7 +613,7 @@ def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None)
     canonical_json = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return SweepSpec(
         name=name, description=description, seed=seed, trials=trials, problem=problem,
-        axes=axes, methods=methods, bp_solver=solver, save_solutions=save, source=source,
+        axes=axes, methods=methods, reference_solver=solver, save_solutions=save, source=source,
         text=text, canonical_json=canonical_json,
         spec_hash=hashlib.sha256(canonical_json.encode()).hexdigest(),
         by_family=by_family,

@@ -7,7 +7,7 @@ message naming its axes and their product: a typo's extra zeros in ``trials`` co
 Planning is lazy (``plan.lazy_tasks``): a task is a few integers, expanded into its runs where it
 runs, so a fresh sweep costs the driver per task, not per run.
 
-Resume: the store's inventory (shard footers and run_id columns only, ``pipeline.folder``) says
+Resume: the store's inventory (shard footers and run_id columns only, ``pipeline.results.folder``) says
 which run_ids already sit in valid shards; each task is then expanded on the driver as it is
 submitted, and only its other runs are computed (``Pending``). Unusable shards (truncated,
 corrupt, half-written) are moved to ``corrupt/`` first, so their runs are computed again and the
@@ -27,9 +27,16 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from pipeline import executors, store
-from pipeline.plan import (TASK_SECONDS, LazyTask, count_runs, lazy_tasks, run_count_factors,
-                           summarize_lazy)
+from pipeline import executors
+from pipeline.plan import (
+    TASK_SECONDS,
+    LazyTask,
+    count_runs,
+    lazy_tasks,
+    run_count_factors,
+    summarize_lazy,
+)
+from pipeline.results import store
 from pipeline.spec import SpecError, SweepSpec, load_spec, parse_spec
 
 #: The most runs a sweep may have unless ``max_runs`` (``--max-runs``) says otherwise.

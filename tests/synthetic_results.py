@@ -1,6 +1,6 @@
 """Build a results folder from plain dict rows, so analysis tests know every value.
 
-Shards are real Parquet files written with ``pipeline.schema``'s schemas (spec hash in the
+Shards are real Parquet files written with ``pipeline.results.schema``'s schemas (spec hash in the
 metadata), split over ``n_shards`` files; instance rows are duplicated across shards the way a
 resumed run leaves them.
 """
@@ -8,15 +8,15 @@ resumed run leaves them.
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.schema import (
+from pipeline.results.schema import (
     INSTANCES_SCHEMA,
     META_SPEC_HASH,
     META_TASK,

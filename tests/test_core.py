@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog
 
-from pipeline import dynamics, initialization, metrics, models, problems, reference
-from pipeline.dynamics import RunConfig
-
+from pipeline.families import training
+from pipeline.families.diagonal import (
+    dynamics,
+    initialization,
+    metrics,
+    models,
+    problems,
+    reference,
+)
+from pipeline.families.diagonal.dynamics import RunConfig
 
 # --- an independent, plain one-run-at-a-time implementation of docs/MODEL.md -------------------------
 
@@ -201,7 +208,7 @@ def test_loss_curve_is_log_spaced_with_first_and_last(inst):
     assert its[0] == 0 and its[-1] == res.iterations and np.all(np.diff(its) > 0)
     assert res.curve_loss[-1] == res.loss_final <= 1e-5 and res.status == "converged"
     assert res.iterations < 10_000
-    grid = dynamics.checkpoint_iterations(10_000, 32)
+    grid = training.checkpoint_iterations(10_000, 32)
     assert grid[0] == 0 and grid[-1] == 10_000 and 25 <= len(grid) <= 33
     big = grid[grid >= 10]
     ratios = big[1:] / big[:-1]

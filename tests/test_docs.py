@@ -1,5 +1,5 @@
 """The docs stay true to the code: docs/SWEEP_FILES.md's sweeps parse, its keys exist and its column
-tables equal pipeline/schema.py; every repository path, section and anchor that the docs and
+tables equal pipeline/results/schema.py; every repository path, section and anchor that the docs and
 docstrings name exists; nothing tracked points to documents outside the repository."""
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def test_repository_sweeps_parse(path):
     load_spec(path)
 
 
-# --- the column tables of "What lands on disk" against pipeline/schema.py -----------------------
+# --- the column tables of "What lands on disk" against pipeline/results/schema.py -----------------------
 
 
 def _type_name(t) -> str:
@@ -159,7 +159,7 @@ def schema_rows(schema) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("kind", ["runs", "instances"])
 def test_column_tables_match_schema(kind):
-    from pipeline import schema
+    from pipeline.results import schema
 
     expected = schema_rows(schema.RUNS_SCHEMA if kind == "runs" else schema.INSTANCES_SCHEMA)
     documented = column_table(TEXT, f"Columns of `{kind}`")
@@ -167,13 +167,13 @@ def test_column_tables_match_schema(kind):
     extra = [r for r in documented if r not in expected]
     assert not missing and not extra, (
         f"{DOC.name}, columns of {kind}: undocumented or mistyped {missing}; "
-        f"documented but not in pipeline/schema.py {extra}")
+        f"documented but not in pipeline/results/schema.py {extra}")
     assert documented == expected, f"{DOC.name}: columns of {kind} not in schema order"
 
 
 def test_column_table_check_bites():
     """A table missing a row, or with a wrong type, no longer equals the schema."""
-    from pipeline import schema
+    from pipeline.results import schema
 
     expected = schema_rows(schema.RUNS_SCHEMA)
     dropped = re.sub(r"^\| `alpha_eff` \|.*\n", "", TEXT, flags=re.M)
@@ -201,7 +201,7 @@ def tracked_files() -> list[Path]:
 
 
 DOC_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml"}
-#: A repository path as docstrings and docs name them (docs/MODEL.md, pipeline/dynamics.py, ...).
+#: A repository path as docstrings and docs name them (docs/MODEL.md, pipeline/families/diagonal/dynamics.py, ...).
 REPO_PATH = re.compile(
     r"(?<![\w/.~<>-])((?:docs|pipeline|analysis|tests|sweeps|benchmarks)/[\w./-]*"
     r"\.(?:md|py|yaml|ipynb|png))(?![\w/])")

@@ -1,4 +1,4 @@
-"""The stacked engine (pipeline/dynamics.py, run_stack) against the plain one-run loop of
+"""The stacked engine (pipeline/families/diagonal/dynamics.py, run_stack) against the plain one-run loop of
 tests/test_core.py: many instances per call, both signs and two shapes in one call, runs that
 stop at different times, and results that do not depend on what else shares the stack."""
 
@@ -9,8 +9,9 @@ import warnings
 import numpy as np
 import pytest
 
-from pipeline import dynamics, initialization, models, problems
-from pipeline.dynamics import RunConfig
+from pipeline.families import training
+from pipeline.families.diagonal import dynamics, initialization, models, problems
+from pipeline.families.diagonal.dynamics import RunConfig
 from tests.test_core import assert_close, mixed_batch, plain_run
 
 
@@ -29,7 +30,7 @@ def _check_against_plain(A, b, cfg, w0, res):
     assert_close(res.x_final, ref["x"])
     assert_close(res.loss_final, ref["losses"][-1], rtol=1e-8)
     # the curve: the run's own checkpoints before its last iteration, then the last one
-    grid = dynamics.checkpoint_iterations(cfg.max_iters, cfg.checkpoints)
+    grid = training.checkpoint_iterations(cfg.max_iters, cfg.checkpoints)
     assert np.array_equal(res.curve_iter, np.append(grid[grid < res.iterations], res.iterations))
     assert_close(res.curve_loss, ref["losses"][res.curve_iter], rtol=1e-8)
     if cfg.method == "wn":

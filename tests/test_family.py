@@ -1,7 +1,7 @@
 """The two-layer family through the pipeline (docs/MODEL.md, "The two-layer family").
 
 Validation per family (pipeline/spec.py), planning per family (pipeline/plan.py), the batched
-two-layer path of the task (pipeline/task.py) against ``twolayer.run_batch`` called one run at a
+two-layer path of the task (pipeline/task.py) against ``engine.run_batch`` called one run at a
 time, the paper's claims on small sweeps, and a results folder holding both families that loads
 and reports. The numerical core itself is tested in tests/test_twolayer.py.
 """
@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 import analysis
-from pipeline import twolayer
 from pipeline.cli import main
+from pipeline.families.twolayer import engine, model
 from pipeline.parameters import BY_NAME
 from pipeline.plan import make_plan
 from pipeline.spec import SpecError, parse_spec
@@ -167,23 +167,23 @@ def test_batched_task_matches_one_run_at_a_time():
     plan, runs, instances = _rows(doc)
     assert len(runs) == 2 * 2 * 2 * 2 * 2 and runs.run_id.is_unique
     inst = plan.instances[0]
-    problem = twolayer.generate_instance(6, 15, 2, inst.seed)
-    P_ref = twolayer.min_norm_solution(problem.A, problem.Y)
+    problem = model.generate_instance(6, 15, 2, inst.seed)
+    P_ref = model.min_norm_solution(problem.A, problem.Y)
     assert np.array_equal(np.asarray(instances.x_star[0]), problem.X_star.ravel())
     by_id = {r.run_id: r for r in plan.runs}
     for row in runs.itertuples():
         run = by_id[row.run_id]
-        U0, V0 = twolayer.initial_weights(15, 2, run.width, run.alpha, run.init, run.imbalance,
+        U0, V0 = model.initial_weights(15, 2, run.width, run.alpha, run.init, run.imbalance,
                                           inst.seed, A=problem.A)
-        config = twolayer.TwoLayerConfig(width=run.width, eta=run.eta, max_iters=400,
+        config = engine.TwoLayerConfig(width=run.width, eta=run.eta, max_iters=400,
                                          tol=1e-24, checkpoints=64)
-        [alone] = twolayer.run_batch(problem.A, problem.Y, [config], [U0], [V0])
+        [alone] = engine.run_batch(problem.A, problem.Y, [config], [U0], [V0])
         assert row.status == alone.status and row.iterations == alone.iterations
         np.testing.assert_allclose(np.asarray(row.x_final).reshape(15, 2), alone.product,
                                    rtol=0, atol=1e-10)
         np.testing.assert_allclose(row.curve_loss, alone.curve_loss, rtol=1e-10, atol=1e-14)
         assert list(row.curve_iter) == alone.curve_iter.tolist()
-        assert row.error_min_norm == pytest.approx(twolayer.error_min_norm(alone.product, P_ref),
+        assert row.error_min_norm == pytest.approx(model.error_min_norm(alone.product, P_ref),
                                                    rel=1e-9)
         assert row.imbalance_min == pytest.approx(alone.imbalance.lambda_min, rel=1e-9)
         assert row.imbalance_max == pytest.approx(alone.imbalance.lambda_max, rel=1e-9)
@@ -203,7 +203,7 @@ def test_range_init_ends_at_the_minimum_norm_solution():
     plan, runs, _ = _rows(doc)
     assert (runs.status == "converged").all()
     inst = plan.instances[0]
-    problem = twolayer.generate_instance(6, 15, 1, inst.seed)
+    problem = model.generate_instance(6, 15, 1, inst.seed)
     P_ref = np.linalg.pinv(problem.A) @ problem.Y
     for row in runs.itertuples():
         P = np.asarray(row.x_final).reshape(15, 1)

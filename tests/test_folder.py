@@ -1,4 +1,4 @@
-"""One results-folder layer (pipeline/folder.py): damaged folders get the same verdict from
+"""One results-folder layer (pipeline/results/folder.py): damaged folders get the same verdict from
 `wnsweep status` (and resume) and from `analysis.load`.
 
 Every case starts from a copy of one real sweep (serial executor, two tasks of 40 runs) and damages
@@ -18,7 +18,8 @@ import pytest
 
 import analysis
 from analysis import ShardError
-from pipeline import cli, store, sweep
+from pipeline import cli, sweep
+from pipeline.results import store
 from tests.conftest import TINY_SWEEP
 
 TOTAL = 80  # runs of the base sweep, in two tasks of 40

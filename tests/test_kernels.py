@@ -1,5 +1,5 @@
-"""The compiled engine step (pipeline/kernels.py) against the update rules written with numpy
-(pipeline/dynamics.py, pipeline/models.py), one step at a time, on a grid of rows that mixes GD
+"""The compiled engine step (pipeline/families/diagonal/kernels.py) against the update rules written with numpy
+(pipeline/families/diagonal/dynamics.py, pipeline/families/diagonal/models.py), one step at a time, on a grid of rows that mixes GD
 and WN-GD, depths 2 to 4, both schedules, idle rows, and every stop code; its products against
 numpy's matmul."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import dynamics, kernels, models
+from pipeline.families.diagonal import dynamics, kernels, models
 
 K, B, M, N = 3, 6, 5, 7
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import analysis
-from pipeline import schema
+from pipeline.results import schema
 from pipeline.sweep import run_sweep, status_text
 
 pytestmark = pytest.mark.slow  # about a minute: converged runs of 100,000 steps and two reports

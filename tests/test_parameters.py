@@ -26,11 +26,14 @@ import pytest
 import yaml
 
 from analysis.aggregate import cell_stats
-from pipeline import parameters, schema
+from pipeline import parameters
+from pipeline.families.diagonal.run import engine_config as _config
+from pipeline.families.twolayer.run import engine_config as _twolayer_config
 from pipeline.parameters import PARAMS, RUN_PARAMS, Param
 from pipeline.plan import make_plan
+from pipeline.results import schema
 from pipeline.spec import SpecError, load_spec, parse_spec
-from pipeline.task import _config, _twolayer_config, run_task
+from pipeline.task import run_task
 
 REPO = Path(__file__).resolve().parents[1]
 

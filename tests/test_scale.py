@@ -4,15 +4,15 @@ local disk (on S3: tests/test_s3.py), with real Ray, real Parquet and real proce
 
 from __future__ import annotations
 
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 import analysis
 from analysis import ShardError
-from pipeline import cli, executors, plan, spec, store, sweep
-from pipeline.folder import RunIds
+from pipeline import cli, executors, plan, spec, sweep
+from pipeline.results import store
+from pipeline.results.folder import RunIds
 from tests.conftest import REPO, SLOW_SWEEP, kill_sweep_midway
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml")) + sorted(
@@ -165,7 +165,7 @@ def damage_a_curve_page(data: bytes) -> bytes:
 
 def test_status_reads_metadata_so_a_damaged_curve_page_is_for_load_to_name(make_sweep, tmp_path,
                                                                            capsys):
-    """The trade-off of pipeline/folder.py: status and resume count a shard with a damaged curve
+    """The trade-off of pipeline/results/folder.py: status and resume count a shard with a damaged curve
     page as done; analysis.load, which decodes what it reads, names it."""
     path = make_sweep(trials=1)
     out = tmp_path / "out"

@@ -153,7 +153,7 @@ def test_example_from_sweeps_md():
     )
     assert all(type(x) is float for x in spec.methods[1].axes["eta_ratio"])
     assert (ax["max_iters"], ax["tol"], ax["checkpoints"]) == ((1000,), (1e-12,), (64,))
-    assert spec.bp_solver == "HIGHS" and spec.save_solutions is False
+    assert spec.reference_solver == "HIGHS" and spec.save_solutions is False
     assert spec.source == str(EXAMPLE) and spec.text == EXAMPLE.read_text()
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "other"  # type: ignore[misc]
@@ -168,7 +168,7 @@ def test_defaults_are_filled_in():
                             MethodSpec("wn", {"eta": (0.1,), "eta_ratio": (1.0,),
                                               "schedule": ("constant",)}))
     assert (spec.axes["tol"], spec.axes["checkpoints"]) == ((1e-12,), (64,))
-    assert spec.bp_solver == "HIGHS" and spec.save_solutions is False
+    assert spec.reference_solver == "HIGHS" and spec.save_solutions is False
     assert spec.to_dict() == {
         "name": "tiny", "description": "", "seed": 0, "trials": 1,
         "problem": {"M": [4], "N": [8], "sparsity": [2], "sign": ["nonneg"]},
@@ -222,7 +222,7 @@ def test_integral_floats_become_ints_and_solver_case():
                       + "seed: 7.0\nreference: {solver: highs}\n")
     assert spec.axes["max_iters"] == (100000,) and type(spec.axes["max_iters"][0]) is int
     assert spec.seed == 7 and type(spec.seed) is int
-    assert spec.bp_solver == "HIGHS"
+    assert spec.reference_solver == "HIGHS"
 
 
 def test_hash_stable_across_reformatting_and_sensitive_to_values():

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import analysis
-from pipeline import cli, plan, spec, store, sweep
+from pipeline import cli, plan, spec, sweep
+from pipeline.results import store
 from tests.conftest import REPO, SLOW_SWEEP, kill_sweep_midway, wait_for_shards
 
 METRICS = ["status", "iterations", "loss_final", "error_l1", "rel_error_l1", "error_truth",

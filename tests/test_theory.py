@@ -1,6 +1,6 @@
-"""The predicted gradient-flow limit (pipeline.theory) against independent computations: the primal
+"""The predicted gradient-flow limit (pipeline.families.diagonal.theory) against independent computations: the primal
 convex programs solved by cvxpy (exponential and power cones, Clarabel), long small-step GD and
-WN-GD runs of the engine (pipeline.dynamics), and a Farkas-infeasible instance."""
+WN-GD runs of the engine (pipeline.families.diagonal.dynamics), and a Farkas-infeasible instance."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from pipeline import dynamics, initialization, metrics, problems, theory
+from pipeline.families.diagonal import dynamics, initialization, metrics, problems, theory
 
 cp = pytest.importorskip("cvxpy")
 
@@ -274,7 +274,7 @@ def _natural_log_scale(A, b, w0, depth):
 def test_extreme_scales_l2(signed):
     """L = 2 from w0 e^{-800} (alpha_eff = 1e-348, below float64): a log-domain solve, A x = b to
     1e-9, and (the sparse x* is the unique minimum-l1 solution here) equal to basis pursuit."""
-    from pipeline import reference
+    from pipeline.families.diagonal import reference
 
     M, N = 20, 50
     inst = problems.generate_instance(M, N, 3, signed, seed=2)

@@ -3,7 +3,7 @@
 Layout: ``sweep.yaml``, ``manifest.json``, ``runs/part-<task>.parquet``,
 ``instances/part-<task>.parquet``. Every path goes through a pyarrow filesystem, so any URI that
 pyarrow understands (a local path, ``file://``, ``s3://``, ...) works. What counts as a valid
-shard, and which run_ids are stored, is decided by ``pipeline.folder`` (the same rules
+shard, and which run_ids are stored, is decided by ``pipeline.results.folder`` (the same rules
 ``analysis.load`` applies); this module writes, quarantines and cleans.
 
 Atomicity. A shard is written whole or not at all: on local disks under a hidden temporary name,
@@ -36,9 +36,17 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline import __version__, schema
-from pipeline.folder import (  # noqa: F401  (Inventory, RunIds, ShardStatus: re-exported)
-    INSTANCES, RUNS, Inventory, ResultsFolder, RunIds, ShardStatus, StoreError)
+from pipeline import __version__
+from pipeline.results import schema
+from pipeline.results.folder import (  # noqa: F401  (Inventory, RunIds, ShardStatus: re-exported)
+    INSTANCES,
+    RUNS,
+    Inventory,
+    ResultsFolder,
+    RunIds,
+    ShardStatus,
+    StoreError,
+)
 from pipeline.spec import SweepSpec
 
 RUNS_DIR, INSTANCES_DIR, QUARANTINE_DIR = RUNS, INSTANCES, "corrupt"
@@ -48,7 +56,8 @@ LIBRARIES = ("numpy", "numba", "scipy", "cvxpy", "highspy", "pyarrow", "pandas",
 def compat_fingerprint(spec: SweepSpec) -> str:
     """What changes results without changing run_ids: the reference solver and saved solutions.
     A folder written with another fingerprint is refused unless --force."""
-    payload = json.dumps({"bp_solver": spec.bp_solver, "save_solutions": spec.save_solutions})
+    payload = json.dumps({"bp_solver": spec.reference_solver,  # the key of wnsweep 0.1
+                          "save_solutions": spec.save_solutions})
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -123,7 +132,7 @@ class ResultsStore(ResultsFolder):
 
     def inventory(self) -> Inventory:
         """Every shard pair's verdict and the valid run_ids, from each shard's footer and key
-        column only (``ResultsFolder.scan`` keeping no table; see pipeline/folder.py for what
+        column only (``ResultsFolder.scan`` keeping no table; see pipeline/results/folder.py for what
         that does not see)."""
         return self.scan()
 

@@ -18,7 +18,7 @@ there (``notes.txt``, ``extra.parquet``, a hidden ``.tmp-*`` left by an interrup
   is written first, so an interrupted write leaves this; the task is simply not done).
 
 Validity rule (``read_shard``), read from metadata: a shard is valid when its Parquet footer is
-readable; it has every column of its schema (``pipeline.schema``) except the optional ones
+readable; it has every column of its schema (``pipeline.results.schema``) except the optional ones
 (``OPTIONAL``); each of those columns has a type that *casts* to the schema's without changing
 meaning (any integer for an integer, any integer or float for a float, string or large_string,
 lists of such, or all-null); the row count of its footer equals the ``wnsweep.rows`` metadata
@@ -62,7 +62,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline import schema
+from pipeline.results import schema
 
 RUNS, INSTANCES = "runs", "instances"
 SHARD_PREFIX, SHARD_SUFFIX = "part-", ".parquet"
@@ -71,10 +71,8 @@ DONE, CORRUPT = "done", "corrupt"
 MISSING_INSTANCES, ORPHAN_INSTANCES = "missing-instances", "orphan-instances"
 
 SCHEMAS = {RUNS: schema.RUNS_SCHEMA, INSTANCES: schema.INSTANCES_SCHEMA}
-#: Columns a shard may omit (read as nulls): for runs, schema.OPTIONAL_RUN_COLUMNS; for instances,
-#: an instance's trial, M, N, s and sign repeat columns of its runs, so readers take them there.
-OPTIONAL = {RUNS: schema.OPTIONAL_RUN_COLUMNS,
-            INSTANCES: frozenset({"trial", "M", "N", "s", "sign"})}
+#: Columns a shard may omit (read as nulls; ``pipeline.results.schema``).
+OPTIONAL = {RUNS: schema.OPTIONAL_RUN_COLUMNS, INSTANCES: schema.OPTIONAL_INSTANCE_COLUMNS}
 KEYS = {RUNS: "run_id", INSTANCES: "instance_id"}
 
 

@@ -23,7 +23,7 @@ depend on what else is in its stack. Reductions along a row are vectorized (``FA
 re-association); NaN and inf keep their IEEE meaning, which the stopping tests rely on.
 
 The update rules as numpy functions of arrays, the form that reads like the equations, are in
-``pipeline/dynamics.py``; tests/test_kernels.py checks ``step`` against them.
+``pipeline/families/diagonal/dynamics.py``; tests/test_kernels.py checks ``step`` against them.
 """
 
 from __future__ import annotations

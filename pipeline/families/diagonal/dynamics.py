@@ -29,19 +29,17 @@ problem instances at once:
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, fields
 from typing import Sequence
 
 import numpy as np
 
-from pipeline import kernels, models
+from pipeline.families.diagonal import kernels, models
+from pipeline.families.training import DIVERGENCE_FACTOR, checkpoint_iterations
 
 METHODS = ("gd", "wn")
 SCHEDULES = ("constant", "normalized")
-#: A run whose loss exceeds this multiple of its initial loss has diverged.
-DIVERGENCE_FACTOR = 1e6
 #: Every FLUSH_EVERY steps, entries below FLUSH_POWER**(1/L) in magnitude are set to 0: entries of
 #: w for GD, of the unit direction d for WN. Entries that the dynamics drive to zero decay
 #: geometrically; left alone they reach subnormal floats, where arithmetic is 10-100x slower. At
@@ -173,17 +171,6 @@ def wn_scaled_step(
 
 
 # --- the loop -----------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=256)
-def checkpoint_iterations(max_iters: int, checkpoints: int) -> np.ndarray:
-    """About ``checkpoints`` log-spaced iterations in [0, max_iters], always with 0 and max_iters.
-    Cached: a read-only array."""
-    grid = np.logspace(0.0, np.log10(max_iters), max(checkpoints - 1, 1))
-    its = np.unique(np.rint(grid).astype(np.int64))
-    out = np.unique(np.concatenate(([0, max_iters], its)))
-    out.flags.writeable = False
-    return out
 
 
 def stack_bytes(n_instances: int, n_rows: int, M: int, N: int, signed: bool) -> int:

@@ -131,7 +131,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import lapack
 
-from pipeline import metrics
+from pipeline.families.diagonal import metrics
 
 STATUSES = ("ok", "inaccurate", "infeasible", "failed")
 #: The statuses whose x is a usable prediction.

@@ -1,0 +1,97 @@
+"""The diagonal family: diagonal linear networks x~ = w^L (nonneg) or u^L - v^L (signed), trained
+by GD and by weight-normalized GD, compared with the basis-pursuit (minimum-l1) solution and with
+the predicted gradient-flow limit (docs/MODEL.md). The default family.
+
+The folder holds its numerics, none of which imports Ray or pyarrow: ``problems`` (instances),
+``models`` (the product map and its gradient), ``initialization``, ``dynamics`` and ``kernels``
+(the stacked engine), ``reference`` (basis pursuit, cvxpy), ``theory`` (predicted limits),
+``metrics``; ``run`` ties them into ``Family.run``.
+"""
+
+from __future__ import annotations
+
+from pipeline.families.base import EFFECTIVE_FLOPS, ENTRY_SECONDS, Family, RunContext
+from pipeline.families.diagonal.dynamics import SCHEDULES
+from pipeline.families.diagonal.initialization import SCHEMES
+from pipeline.families.diagonal.models import SIGNS
+from pipeline.parameter import Param
+
+#: Planned seconds of one basis-pursuit solve (cvxpy + HiGHS: 3-13 ms at (40, 100), ~1.6 s at
+#: (200, 1000) signed): an upper estimate at the shapes sweeps use.
+BP_SECONDS = 0.05
+#: The sign's part of an instance's seed (seed contract, see ``_spawn_key``).
+_SIGN_CODE = {"nonneg": 0, "signed": 1}
+
+PARAMS = (
+    Param("sign", "problem", "sign", "str", "the model: nonneg x~ = w^L, signed x~ = u^L - v^L",
+          default="nonneg", choices=SIGNS, scope="instance", slot=5),
+    Param("L", "model", "depth", "int", "the depth L", ge=2, engine="depth", slot=35),
+    Param("eta_ratio", "methods", "eta_ratio", "float", "WN-GD's learning-rate ratio eta_r / eta_u",
+          default=1.0, gt=0, methods=("wn",), engine="eta_ratio", slot=65),
+    Param("schedule", "methods", "schedule", "str", "WN-GD's step schedule", default="constant",
+          choices=SCHEDULES, methods=("wn",), engine="schedule", slot=66),
+)
+
+
+def _spawn_key(params: dict, trial: int, file_code: int | None) -> tuple[int, ...]:
+    """A generated instance's seed key is (0, M, N, s, sign, trial), a file instance's
+    (1, file hash, sign, trial). A contract: changing it changes every stored instance."""
+    sign = _SIGN_CODE[params["sign"]]
+    if file_code is not None:
+        return (1, file_code, sign, trial)
+    return (0, params["M"], params["N"], params["s"], sign, trial)
+
+
+def run_step_seconds(M: int, N: int, signed: bool) -> float:
+    """Estimated seconds of one step of one run in a stack (its share of a step's fixed cost
+    aside): its two products with A and its element-wise passes. About twice the engine's
+    measured time (0.7-0.9 us per run-step at (40, 100)): an upper bound."""
+    n = 2 * N if signed else N
+    return 4.0 * M * N / EFFECTIVE_FLOPS + n * ENTRY_SECONDS
+
+
+def _cost(inst, runs) -> float:
+    """A basis-pursuit solve plus the instance's runs in a stack, each to its max_iters."""
+    iterations = sum(r.max_iters for r in runs)
+    return BP_SECONDS + iterations * run_step_seconds(inst.M, inst.N, inst.sign == "signed")
+
+
+def _check(axes: dict[str, tuple]) -> tuple[str, str] | None:
+    s = [x for x in axes.get("s", ()) if x is not None]
+    M = [x for x in axes.get("M", ()) if x is not None]
+    if s and M and max(s) > min(M):
+        return ("problem.sparsity", "s must be <= M for every combination, got "
+                f"s = {max(s)}, M = {min(M)}")
+    return None
+
+
+def _run(context: RunContext, instances, runs_by_instance):
+    from pipeline.families.diagonal.run import run_instances  # the engine: numba, cvxpy
+
+    return run_instances(context, instances, runs_by_instance)
+
+
+FAMILY = Family(
+    name="diagonal",
+    summary="diagonal linear networks, GD and WN-GD, against basis pursuit (minimum l1)",
+    reference="one basis-pursuit solve each",
+    params=PARAMS,
+    overrides=(("init", SCHEMES, "constant"),),
+    methods={"gd": "GD", "wn": "WN-GD"},
+    seed_codes=(0, 1),
+    spawn_key=_spawn_key,
+    instance_columns=(("bp_solver", "str"), ("bp_status", "str"), ("bp_seconds", "float"),
+                      ("l1_norm_bp", "float"), ("bp_error_truth", "float"),
+                      ("x_l1", "float_list")),
+    run_columns=(("error_l1", "float"), ("rel_error_l1", "float"), ("l1_norm", "float"),
+                 ("l1_gap", "float"), ("r0", "float"), ("r_final", "float"), ("c_inf", "float"),
+                 ("alpha_eff", "float"), ("pred_status", "str"), ("pred_error", "float"),
+                 ("pred_l1_gap", "float"), ("pred_rel_error_l1", "float"),
+                 ("x_pred", "float_list")),
+    summary_columns=("pred_error", "pred_rel_error_l1", "pred_l1_gap"),
+    recovery_column="rel_error_l1",
+    takes_file=True,
+    check=_check,
+    cost=_cost,
+    run=_run,
+)
