@@ -9,9 +9,10 @@ Conventions (all hand-checkable):
 - Quantiles are pandas' default (linear interpolation, same as ``numpy.percentile``).
 - Error statistics (median / mean / q25 / q75) use the trials with a *finite* error only;
   ``n_finite`` says how many those are. ``n`` counts every trial of the cell.
-- A run *recovers* when ``rel_error_l1 <= threshold`` and its status is not ``diverged``;
-  ``recovery_rate`` = recovered / n (NaN / inf errors never recover); NaN for cells of the
-  two-layer family, which has no l1 reference (its distance is ``error_min_norm``).
+- A run *recovers* when its family's recovery column (``Family.recovery_column``; the diagonal
+  family: ``rel_error_l1``) is ``<= threshold`` and its status is not ``diverged``;
+  ``recovery_rate`` = recovered / n (NaN / inf errors never recover); NaN for cells of a family
+  without one (the two-layer family, whose distance is ``error_min_norm``).
 - ``iterations_median`` is over converged runs only (NaN when none converged).
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline import parameters
+from pipeline import families, parameters
 
 #: Parameter columns that identify a grid cell (everything but the trial), and the columns on
 #: which a WN run and its GD partner must agree (besides eta, see ``paired_ratios``): both are
@@ -29,11 +30,11 @@ CELL_KEYS = parameters.CELL_KEYS
 PAIR_KEYS = parameters.PAIR_KEYS
 
 
-#: Columns of the theory overlay summarized per cell (median and quartiles) when present.
-PREDICTION_COLUMNS = ("pred_error", "pred_rel_error_l1", "pred_l1_gap")
-#: Columns of the two-layer family summarized per cell (median and quartiles) when present
-#: (docs/MODEL.md, "The two-layer family"; null for diagonal rows).
-TWOLAYER_COLUMNS = ("error_min_norm", "rate", "imbalance_margin")
+#: Columns summarized per cell (median and quartiles) when present: each family's
+#: ``summary_columns`` (the diagonal family's theory overlay, the two-layer family's distance to
+#: A^+ Y and rate; null in other families' rows), in registry order.
+SUMMARY_COLUMNS = tuple(dict.fromkeys(
+    col for f in families.REGISTRY.values() for col in f.summary_columns))
 
 
 def cell_keys(df: pd.DataFrame) -> list[str]:
@@ -47,11 +48,20 @@ def _finite(x: pd.Series) -> pd.Series:
     return x.where(np.isfinite(x))
 
 
-def _diagonal(runs: pd.DataFrame) -> pd.Series:
-    """Rows of the diagonal family (a null ``family``: results written before the column)."""
-    if "family" not in runs.columns:
-        return pd.Series(True, index=runs.index)
-    return runs["family"].isna() | (runs["family"] == "diagonal")
+def _recovered(runs: pd.DataFrame, threshold: float) -> pd.Series:
+    """1.0 where a run recovers (its family's ``recovery_column`` <= threshold and not
+    diverged), 0.0 where it does not, NaN for a family without a notion of recovery."""
+    names = (runs["family"].astype(object).map(families.family_name) if "family" in runs
+             else pd.Series(families.DEFAULT_FAMILY, index=runs.index))
+    out = pd.Series(np.nan, index=runs.index)
+    for name in names.unique():
+        column = families.family(name).recovery_column
+        if column is None or column not in runs:
+            continue
+        rows = names == name
+        value = _finite(runs.loc[rows, column])
+        out[rows] = ((value <= threshold) & (runs.loc[rows, "status"] != "diverged")).astype(float)
+    return out
 
 
 def cell_stats(runs: pd.DataFrame, threshold: float = 1e-3) -> pd.DataFrame:
@@ -60,8 +70,7 @@ def cell_stats(runs: pd.DataFrame, threshold: float = 1e-3) -> pd.DataFrame:
     Returns one row per cell: the cell keys, then
     ``n, n_finite, error_l1_{median,mean,q25,q75}, rel_error_l1_{median,mean,q25,q75},
     recovery_rate, iterations_median, convergence_rate, divergence_rate``, and the median and
-    quartiles ``<col>_{median,q25,q75}`` of each of ``PREDICTION_COLUMNS`` and
-    ``TWOLAYER_COLUMNS`` the table has
+    quartiles ``<col>_{median,q25,q75}`` of each of ``SUMMARY_COLUMNS`` the table has
     (rates are fractions in [0, 1] of ``n``; errors in the units of x, i.e. l2 distances).
     """
     keys = cell_keys(runs)
@@ -72,8 +81,7 @@ def cell_stats(runs: pd.DataFrame, threshold: float = 1e-3) -> pd.DataFrame:
             "error_l1": _finite(runs["error_l1"]),
             "rel_error_l1": rel,
             "finite": np.isfinite(pd.to_numeric(runs["error_l1"], errors="coerce")).astype(float),
-            "recovered": ((rel <= threshold) & (status != "diverged")).astype(float)
-            .where(_diagonal(runs)),
+            "recovered": _recovered(runs, threshold),
             "converged": (status == "converged").astype(float),
             "diverged": (status == "diverged").astype(float),
             "iters_conv": runs["iterations"].astype(float).where(status == "converged"),
@@ -89,8 +97,8 @@ def cell_stats(runs: pd.DataFrame, threshold: float = 1e-3) -> pd.DataFrame:
         out[f"{col}_mean"] = g[col].mean()
         out[f"{col}_q25"] = g[col].quantile(0.25)
         out[f"{col}_q75"] = g[col].quantile(0.75)
-    for col in (*PREDICTION_COLUMNS, *TWOLAYER_COLUMNS):
-        if col in runs.columns:  # the theory overlay, the two-layer family (null where absent)
+    for col in SUMMARY_COLUMNS:
+        if col in runs.columns:  # null in the rows of other families
             values = _finite(runs[col])
             grouped = values.groupby([runs[k] for k in keys], dropna=False, sort=True)
             out[f"{col}_median"] = grouped.median()

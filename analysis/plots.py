@@ -25,7 +25,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
 from analysis.aggregate import CELL_KEYS, cell_stats, paired_ratios, ratio_stats
-from pipeline import parameters
+from pipeline import families, parameters
 
 LABELS = {
     "alpha": r"initialization scale $\alpha$",
@@ -46,7 +46,7 @@ LABELS = {
     "log_pred_error": r"$\log_{10}$ median $\|\tilde x_T - x_{\mathrm{flow}}\|_2 / \|x_{\mathrm{flow}}\|_2$"
     "\n(distance to the gradient-flow limit)",
 }
-METHOD_NAMES = {"gd": "GD", "wn": "WN-GD"}
+METHOD_NAMES = families.METHOD_NAMES
 GD_COLOR = "0.15"
 _RC = {"axes.grid": True, "grid.alpha": 0.3, "font.size": 9, "axes.titlesize": 9}
 

@@ -7,9 +7,8 @@ Output folder (local)::
     <out_dir>/summary.csv, summary.md    cell_stats + ratio_stats (``aggregate.summary_table``)
     <out_dir>/paired_ratios.csv          one row per WN-GD run (``aggregate.paired_ratios``)
 
-Each figure draws the rows of one model family (``FIGURE_FAMILY``): the diagonal figures, and
-for the two-layer family the distance to A^+ Y against width and the rate against the imbalance;
-a folder holding both families reports both. A figure whose parameters the sweep lacks (e.g. a
+Each figure draws the rows of one model family (``analysis.figures``, one module per family): a
+folder holding several families reports each. A figure whose parameters the sweep lacks (e.g. a
 single ``s``) is skipped with a reason; a
 figure draws one slice of the sweep, so when other parameters vary (e.g. ``init``) one file per
 slice is written (``plots.split_by_extra``). Corrupt shards are skipped with a warning and listed.
@@ -30,9 +29,9 @@ import pandas as pd
 
 from analysis import plots
 from analysis.aggregate import paired_ratios, summary_table
+from analysis.figures import all_figures
 from analysis.load import load, load_provenance, resolve
-
-Check = Callable[[pd.DataFrame], "str | None"]
+from pipeline import families
 
 
 @dataclass
@@ -63,92 +62,12 @@ class ReportResult:
         return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- requirements
-def _n(df: pd.DataFrame, col: str, method: str | None = None) -> int:
-    d = df if method is None else df[df["method"] == method]
-    return int(d[col].nunique(dropna=True)) if col in d else 0
-
-
-def _need_values(col: str, label: str, method: str | None = None) -> Check:
-    def check(df: pd.DataFrame) -> str | None:
-        n = _n(df, col, method)
-        return None if n >= 2 else f"needs >= 2 values of {label}, found {n}"
-
-    return check
-
-
-def _need_methods(df: pd.DataFrame) -> str | None:
-    found = sorted(df["method"].dropna().unique())
-    return None if {"gd", "wn"} <= set(found) else f"needs GD and WN-GD runs, found {found}"
-
-
-def _need_ratios(df: pd.DataFrame) -> str | None:
-    n = int(paired_ratios(df)["dropped"].isna().sum())
-    return None if n else "no valid paired GD/WN-GD ratio (unpaired or non-finite errors)"
-
-
-def _need_curves(df: pd.DataFrame) -> str | None:
-    ok = df["curve_iter"].map(lambda c: c is not None and len(c) > 0).any()
-    return None if ok else "no loss curves stored (curve_iter empty)"
-
-
-def _need_alpha_eff(df: pd.DataFrame) -> str | None:
-    a = pd.to_numeric(df.loc[df["method"] == "wn", "alpha_eff"], errors="coerce")
-    return None if (np.isfinite(a) & (a > 0)).any() else "needs WN-GD runs with a finite alpha_eff"
-
-
-def _need_predictions(df: pd.DataFrame) -> str | None:
-    if "pred_status" not in df or df["pred_status"].isna().all():
-        return "no predicted limits (results written before the theory overlay)"
-    ok = np.isfinite(pd.to_numeric(df["pred_rel_error_l1"], errors="coerce")).any()
-    return None if ok else "no usable predicted limit (every pred_status failed)"
-
-
-def _need_rates(df: pd.DataFrame) -> str | None:
-    ok = np.isfinite(pd.to_numeric(df["rate"], errors="coerce")).any() if "rate" in df else False
-    return None if ok else "no fitted convergence rate (every run diverged or stopped early)"
-
-
-def _need_step_axis(df: pd.DataFrame) -> str | None:
-    steps = [_n(df, "eta", "gd"), _n(df, "eta", "wn"), _n(df, "eta_ratio", "wn")]
-    return None if max(steps) >= 2 else "needs >= 2 values of eta or eta~"
-
-
-ALPHA, S, ETA = _need_values("alpha", "alpha"), _need_values("s", "s"), _need_values(
-    "eta_ratio", "eta~ (WN-GD)", "wn"
-)
-
-#: (file name, title, plot function, requirement checks in order)
-FIGURES: list[tuple[str, str, Callable[[pd.DataFrame], Any], list[Check]]] = [
-    ("error_vs_alpha", "error vs alpha", plots.plot_error_vs_alpha, [ALPHA]),
-    ("loss_curves", "training loss vs iteration", plots.plot_loss_curves, [_need_curves]),
-    ("phase_alpha_s", "phase diagram alpha x s", plots.plot_phase_alpha_s,
-     [_need_methods, ALPHA, S, _need_ratios]),
-    ("phase_alpha_eta", "phase diagram alpha x eta~", plots.plot_phase_alpha_eta,
-     [_need_methods, ALPHA, ETA, _need_ratios]),
-    ("recovery_alpha_s", "recovery rate alpha x s", plots.plot_recovery_heatmaps, [ALPHA, S]),
-    ("alpha_eff", "alpha_eff vs alpha", plots.plot_alpha_eff, [_need_alpha_eff]),
-    ("theory_error_vs_alpha", "error vs alpha, measured and predicted by gradient flow",
-     plots.plot_error_vs_alpha_theory, [ALPHA, _need_predictions]),
-    ("theory_pred_error", "distance to the gradient-flow limit, alpha x step size",
-     plots.plot_pred_error_phase, [ALPHA, _need_predictions, _need_step_axis]),
-    ("minnorm_vs_width", "distance to the minimum-norm solution vs width",
-     plots.plot_minnorm_vs_width, [_need_values("width", "width")]),
-    ("rate_vs_imbalance", "convergence rate vs imbalance", plots.plot_rate_vs_imbalance,
-     [_need_values("imbalance", "imbalance"), _need_rates]),
-]
-#: The model family whose rows a figure draws (``diagonal`` unless listed). A figure of a family
-#: the results do not hold is left out (not listed as skipped).
-FIGURE_FAMILY = {"minnorm_vs_width": "twolayer", "rate_vs_imbalance": "twolayer"}
-
-
 def family_rows(runs: pd.DataFrame, family: str) -> pd.DataFrame:
-    """The rows of one model family (a null ``family`` is a diagonal run written before the
-    column existed)."""
+    """The rows of one model family (a null ``family`` is a run of the default family written
+    before the column existed)."""
     if "family" not in runs.columns:
-        return runs if family == "diagonal" else runs.iloc[:0]
-    fam = runs["family"].astype(object).where(runs["family"].notna(), "diagonal")
-    return runs[fam == family]
+        return runs if family == families.DEFAULT_FAMILY else runs.iloc[:0]
+    return runs[runs["family"].astype(object).map(families.family_name) == family]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -202,23 +121,24 @@ def write_report(
                        skipped_shards=list(runs.attrs.get("skipped_shards", [])))
 
     jobs: list[tuple[str, str, Callable, dict, pd.DataFrame]] = []  # (label, stem, fn, kw, data)
-    by_family = {f: family_rows(runs, f) for f in ("diagonal", "twolayer")}
-    for name, title, fn, checks in FIGURES:
-        rows = by_family[FIGURE_FAMILY.get(name, "diagonal")]
-        if rows.empty:
+    options = {"threshold": threshold}
+    by_family = {name: family_rows(runs, name) for name in families.FAMILIES}
+    for fig in all_figures():
+        rows = by_family[fig.family]
+        if rows.empty:  # a figure of a family the results do not hold: not listed as skipped
             continue
-        kwargs = {"threshold": threshold} if fn is plots.plot_recovery_heatmaps else {}
-        reason = next((r for r in (c(rows) for c in checks) if r), None)
+        kwargs = {key: options[key] for key in fig.options}
+        reason = next((r for r in (c(rows) for c in fig.needs) if r), None)
         if reason:
-            res.skipped[title] = reason
+            res.skipped[fig.title] = reason
             continue
-        for fixed, part in plots.split_by_extra(rows, fn.USES):
-            label = f"{title} ({_slice_label(fixed)})" if fixed else title
-            reason = next((r for r in (c(part) for c in checks) if r), None)
+        for fixed, part in plots.split_by_extra(rows, fig.draw.USES):
+            label = f"{fig.title} ({_slice_label(fixed)})" if fixed else fig.title
+            reason = next((r for r in (c(part) for c in fig.needs) if r), None)
             if reason:
                 res.skipped[label] = reason
                 continue
-            jobs.append((label, name + _slug(fixed), fn, kwargs, part))
+            jobs.append((label, fig.name + _slug(fixed), fig.draw, kwargs, part))
 
     entries: list[tuple[str, str, str]] = []  # (title, png name, pdf name)
     for (label, stem, *_), error in zip(jobs, _render_all(jobs, out)):

@@ -100,8 +100,11 @@ INSTANCES_SCHEMA = _layout(
 #: marked ``identity="unless_default"``, and results), so that shards written before a column
 #: existed stay valid and resume computes nothing again.
 _PARAM_COLUMNS = frozenset(name for name, _ in _RUN_PARAM_FIELDS)
+#: Result columns added after wnsweep 0.1 (the theory overlay, the two-layer family, ...).
+ADDED_RUN_COLUMNS = frozenset(n for n in RUNS_SCHEMA.names
+                              if n not in _RUNS_0_1 and n not in _PARAM_COLUMNS)
 OPTIONAL_RUN_COLUMNS = frozenset(
-    {"x_final", *(n for n in RUNS_SCHEMA.names if n not in _RUNS_0_1 and n not in _PARAM_COLUMNS),
+    {"x_final", *ADDED_RUN_COLUMNS,
      *(p.name for p in PARAMS if p.column and p.identity == "unless_default")})
 #: Instances columns a valid shard may lack: an instance's trial and parameters repeat columns of
 #: its runs, so readers take them there; columns added after 0.1.
