@@ -40,7 +40,6 @@ plain PyYAML would otherwise read as a string.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -52,6 +51,7 @@ import numpy as np
 import yaml
 
 from pipeline import axes as axes_module
+from pipeline import problems
 from pipeline.parameters import (BY_NAME, INSTANCE_PARAMS, METHOD_FAMILIES,
                                  METHOD_KEYS, METHODS, PARAMS, REQUIRED, RUN_PARAMS,
                                  SHARED_RUN_PARAMS, Param, identity_value, is_default)
@@ -461,48 +461,21 @@ class _Validator:
 
     def problem_file(self, raw: Any,
                      signs: tuple[str, ...]) -> tuple[str, str, tuple[int, int], bool]:
-        """Resolve, hash and check the .npz; returns (absolute path, sha256, (M, N), has x_star)."""
+        """Resolve, hash and check the .npz (``problems.read_instance_arrays``, and x_star >= 0
+        for nonneg); returns (absolute path, sha256, (M, N), has x_star)."""
         field = "problem.file"
         if not isinstance(raw, str) or not raw.strip():
             raise self.fail(field, f"expected a path to an .npz file, got {_describe(raw)}")
         path = os.path.abspath(os.path.join(self.base_dir, os.path.expanduser(raw)))
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise self.fail(field, f"cannot read {path}: {e.strerror or e}") from None
-        try:
-            npz = np.load(io.BytesIO(data), allow_pickle=False)
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise self.fail(field, f"{path} must be an .npz archive with arrays A and b, "
-                                "got a single array")
-            with npz:
-                arrays = {k: npz[k] for k in ("A", "b", "x_star") if k in npz.files}
-        except SpecError:
-            raise
-        except Exception as e:  # noqa: BLE001 - not a zip, object arrays (no pickle), ...
-            raise self.fail(field, f"cannot read arrays from {path} ({e})") from None
-
-        found = ", ".join(f"{k} {a.shape}" for k, a in arrays.items()) or "no A, b or x_star"
-        if "A" not in arrays or "b" not in arrays:
-            raise self.fail(field, f"{path} needs arrays A (M x N) and b (M); found {found}")
-        for k, a in arrays.items():
-            if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-                raise self.fail(field, f"array {k} must be real numbers, got dtype {a.dtype}")
-            if not np.all(np.isfinite(a)):
-                raise self.fail(field, f"array {k} has non-finite entries")
-        A, b, x_star = arrays["A"], arrays["b"], arrays.get("x_star")
-        if A.ndim != 2 or A.shape[0] < 1 or not A.shape[0] < A.shape[1]:
-            raise self.fail(field, f"A must be 2-D, M x N with 1 <= M < N; found {found}")
-        M, N = A.shape
-        if b.shape != (M,):
-            raise self.fail(field, f"A and b disagree: b must have shape ({M},); found {found}")
-        if x_star is not None and x_star.shape != (N,):
-            raise self.fail(field, f"A and x_star disagree: x_star must have shape ({N},); "
-                            f"found {found}")
+        try:  # the tasks read the file with the same reader, so the messages are the same
+            data = problems.read_instance_bytes(path)
+            A, b, x_star = problems.read_instance_arrays(data, name=path)
+        except problems.InstanceError as e:
+            raise self.fail(field, str(e)) from None
         if x_star is not None and "nonneg" in signs and np.any(x_star < 0):
-            raise self.fail(field, f"x_star has negative entries (min {float(x_star.min())}) but "
-                            "sign includes nonneg; use sign: signed")
+            raise self.fail(field, f"{path}: x_star has negative entries (min "
+                            f"{float(x_star.min())}) but sign includes nonneg; use sign: signed")
+        M, N = A.shape
         return path, hashlib.sha256(data).hexdigest(), (int(M), int(N)), x_star is not None
 
     # -- sections of shared run axes, and methods
