@@ -117,7 +117,7 @@ def test_missing_and_non_mapping_files(tmp_path: Path):
          "reference.solver"),
     ],
 )
-def test_more_bad_values(old: str, new: str, field: str):
+def test_a_bad_value_is_refused_naming_its_field(old: str, new: str, field: str):
     text = MINIMAL.replace(old, new)
     assert text != MINIMAL
     with pytest.raises(SpecError) as info:
@@ -191,7 +191,7 @@ def test_methods_keep_file_order():
     assert spec.spec_hash == parse_spec(MINIMAL).spec_hash  # same sweep, same hash
 
 
-def test_axis_forms():
+def test_values_linspace_logspace_and_list_axes_expand_to_values_of_the_keys_type():
     spec = parse_spec(MINIMAL.replace("depth: 2", "depth: {values: [2, 3.0, 4]}")
                       .replace("alpha: 0.1", "alpha: {linspace: [0.25, 1, 4]}")
                       .replace("max_iters: 10", "max_iters: {logspace: [2, 4, 3]}, tol: [0, 1e-10]")
@@ -366,7 +366,7 @@ BAD_INSTANCE_FILES = {
                  "array b must be real numbers, got dtype <U1"),
     "NaN in A": (_npz(A=np.full((3, 6), np.nan), b=np.ones(3)),
                  "array A has non-finite entries (18 of 18)"),
-    "inf in x_star": (_npz(A=np.ones((3, 6)), b=np.ones(3), x_star=np.array([np.inf, 0, 0, 0, 0, 0])),
+    "inf in x_star": (_npz(A=np.ones((3, 6)), b=np.ones(3), x_star=np.r_[np.inf, np.zeros(5)]),
                       "array x_star has non-finite entries (1 of 6)"),
     "A 1-D": (_npz(A=np.ones(6), b=np.ones(1)), "A must be 2-D, M x N with 1 <= M < N; "
               "found A (6,), b (1,)"),
