@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the checkout this script belongs to, before any installed copy
     sys.path.insert(0, str(ROOT))
 
-from pipeline import problems  # noqa: E402
+from pipeline.families.diagonal import problems  # noqa: E402
 from pipeline.families import training
 from pipeline.families.diagonal import dynamics, initialization
 

@@ -23,8 +23,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from pipeline.families import FAMILIES, METHOD_FAMILIES, METHODS, REGISTRY
-from pipeline.parameter import (REQUIRED, Param, identity_items,  # noqa: F401 (re-exported)
-                                identity_value, is_default)
+from pipeline.parameter import REQUIRED, Param, identity_items, identity_value, is_default  # noqa: F401 (re-exported)
 
 __all__ = ["PARAMS", "BY_NAME", "FAMILIES", "METHODS", "METHOD_FAMILIES", "REQUIRED", "Param",
            "identity_items", "identity_value", "is_default"]

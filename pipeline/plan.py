@@ -1,10 +1,15 @@
 """Expand a sweep into runs and group them into tasks (docs/SWEEP_FILES.md, "Run identity").
 
-Identity. An instance is identified by its parameters (M, N, s, sign or the instance file's content
-hash), the trial and the master seed; a run by its instance and its fully resolved method, depth,
-init and train settings. Both ids are hashes of canonical JSON, with floats written to 12
-significant digits so that last-bit differences of numpy's logspace between platforms cannot
-change an id. The same sweep file yields the same ids on any machine, in any order.
+Identity. An instance is identified by its parameters (M, N, s, sign, and for the twolayer family
+its family and, unless 1, outputs; or the instance file's content hash), the trial and the master
+seed; a run by its instance's identity, its method and every run parameter
+(``pipeline.parameters.identity_items``: parameters of wnsweep 0.1 always, null where they do not
+apply; those added since only where they apply and differ from their default). Both ids are
+hashes of canonical JSON, with floats written to 12 significant digits: the precision of ids, at
+which two values of an axis count as the same (``pipeline.spec`` refuses such duplicates). Axis
+values are computed to the same bits on every machine (``pipeline.axes``), so the same sweep file
+yields the same ids on any machine, in any order; the rounding also keeps valid the ids of folders
+written before that from numpy's machine-dependent logspace.
 
 Seeds. Each instance's seed comes from numpy's SeedSequence(master seed, spawn_key = instance
 parameters and trial); the instance's A, x* and its random init direction derive from that seed

@@ -8,20 +8,25 @@ as one :class:`SpecError` naming the file, the dotted field and what is allowed.
 parameters' keys, types, constraints and defaults come from their table, ``pipeline.parameters``;
 this module adds the structure around them and the checks across parameters. Checked:
 
-* structure: the top level is a mapping; only known keys at every level (unknown keys are named by
-  their dotted path, with the allowed keys listed); no duplicate mapping keys; required fields
-  (``name``, the problem, ``model.depth``, ``init.alpha``, at least one method with its ``eta``,
-  ``train.max_iters``) are present;
-* axes (``problem.M/N/sparsity/sign``, ``model.depth``, ``init.scheme/alpha``, ``methods.*.eta``,
-  ``methods.wn.eta_ratio/schedule``, ``train.max_iters/tol``): a scalar, a list,
-  ``{values: [...]}``, ``{logspace: [lo_exp, hi_exp, n]}`` or ``{linspace: [lo, hi, n]}``; never
-  empty, no duplicate values, no booleans or strings where numbers are expected, only finite
-  numbers, integers where integers are required (an integral float such as ``2.0`` or ``1e5``
-  is accepted), only the allowed words for ``sign``/``scheme``/``schedule``;
-* ranges: alpha > 0, L >= 2, M, N >= 1, s >= 1, M < N and s <= M for every combination of axis
-  values, eta > 0, eta_ratio > 0, max_iters >= 1, tol >= 0, checkpoints >= 2 (a single integer),
-  seed >= 0, trials >= 1, name matching ``[a-z0-9._-]+``, a solver cvxpy has installed,
-  ``save_solutions`` a boolean;
+* structure: YAML syntax (the line and column of an error); the top level is a mapping; only
+  known keys and methods at every level (unknown keys are named by their dotted path, with the
+  allowed keys listed); no duplicate mapping keys; required fields present (``name``, the
+  problem, ``model.depth`` for the diagonal family, ``model.width`` for the twolayer family,
+  ``init.alpha``, at least one method with its ``eta``, ``train.max_iters``); ``description`` a
+  string;
+* axes (every parameter of ``pipeline.parameters`` but ``train.checkpoints``: ``problem.M/N/
+  sparsity/sign/outputs``, ``model.family/depth/width``, ``init.scheme/alpha/imbalance``,
+  ``methods.*.eta``, ``methods.wn.eta_ratio/schedule``, ``train.max_iters/tol``): a scalar, a
+  list, ``{values: [...]}``, ``{logspace: [lo_exp, hi_exp, n]}`` or ``{linspace: [lo, hi, n]}``
+  (exactly one key, n an integer in 1..100,000; numbers only); never empty, no values equal to
+  12 significant digits, no booleans or strings where numbers are expected, only finite numbers,
+  integers where integers are required (an integral float such as ``2.0`` or ``1e5`` is
+  accepted), only the allowed words for ``sign``/``family``/``scheme``/``schedule``;
+* ranges: the table's bounds (alpha > 0, L >= 2, M, N, s, outputs, width >= 1, eta > 0,
+  eta_ratio > 0, max_iters >= 1, tol >= 0, checkpoints >= 2 and a single integer); M < N for
+  every combination of axis values, and s <= M (s <= N when the twolayer family is the only
+  one); seed >= 0, trials >= 1, name matching ``[a-z0-9._-]+`` and not only dots, a solver
+  cvxpy has installed, ``save_solutions`` a boolean;
 * model families (``model.family``: diagonal | twolayer, docs/MODEL.md): a parameter of one
   family only (``model.depth``, ``problem.sign``, ``methods.wn``: diagonal; ``model.width``,
   ``problem.outputs``, ``init.imbalance``: twolayer) is refused when none of the sweep's families
@@ -29,9 +34,12 @@ this module adds the structure around them and the checks across parameters. Che
   constant | random for diagonal and random | range for twolayer (defaults constant, random), and
   every family of the sweep must get at least one scheme; ``problem.sparsity`` may be omitted
   for the twolayer family (X* dense); an instance file holds a diagonal-family problem;
-* a problem file: readable ``.npz`` (loaded without pickle) with a finite real 2-D ``A`` (M < N),
-  a 1-D ``b`` of length M and optionally a 1-D ``x_star`` of length N (>= 0 if ``sign`` includes
-  ``nonneg``).
+* a problem file: read by ``problems.read_instance_arrays``, the reader the tasks use, with its
+  messages: a readable ``.npz`` (loaded without pickle) with a finite real ``A`` (M x N,
+  1 <= M < N), ``b`` of shape (M,) and optionally ``x_star`` of shape (N,); here also x_star >= 0
+  if ``sign`` includes ``nonneg``, and the file's SHA-256 (its identity).
+
+The sweep's size (``--max-runs``) is checked by ``pipeline.sweep`` before planning.
 
 YAML is read with a safe loader that also accepts YAML 1.2 floats without a dot (``1e-12``), which
 plain PyYAML would otherwise read as a string.
@@ -40,7 +48,6 @@ plain PyYAML would otherwise read as a string.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -53,6 +60,7 @@ import yaml
 
 from pipeline import axes as axes_module
 from pipeline import families as family_registry
+from pipeline.families.diagonal import problems  # the instance-file reader (problem.file)
 from pipeline.parameters import (
     BY_NAME,
     INSTANCE_PARAMS,
@@ -475,48 +483,21 @@ class _Validator:
 
     def problem_file(self, raw: Any,
                      signs: tuple[str, ...]) -> tuple[str, str, tuple[int, int], bool]:
-        """Resolve, hash and check the .npz; returns (absolute path, sha256, (M, N), has x_star)."""
+        """Resolve, hash and check the .npz (``problems.read_instance_arrays``, and x_star >= 0
+        for nonneg); returns (absolute path, sha256, (M, N), has x_star)."""
         field = "problem.file"
         if not isinstance(raw, str) or not raw.strip():
             raise self.fail(field, f"expected a path to an .npz file, got {_describe(raw)}")
         path = os.path.abspath(os.path.join(self.base_dir, os.path.expanduser(raw)))
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise self.fail(field, f"cannot read {path}: {e.strerror or e}") from None
-        try:
-            npz = np.load(io.BytesIO(data), allow_pickle=False)
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise self.fail(field, f"{path} must be an .npz archive with arrays A and b, "
-                                "got a single array")
-            with npz:
-                arrays = {k: npz[k] for k in ("A", "b", "x_star") if k in npz.files}
-        except SpecError:
-            raise
-        except Exception as e:  # noqa: BLE001 - not a zip, object arrays (no pickle), ...
-            raise self.fail(field, f"cannot read arrays from {path} ({e})") from None
-
-        found = ", ".join(f"{k} {a.shape}" for k, a in arrays.items()) or "no A, b or x_star"
-        if "A" not in arrays or "b" not in arrays:
-            raise self.fail(field, f"{path} needs arrays A (M x N) and b (M); found {found}")
-        for k, a in arrays.items():
-            if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-                raise self.fail(field, f"array {k} must be real numbers, got dtype {a.dtype}")
-            if not np.all(np.isfinite(a)):
-                raise self.fail(field, f"array {k} has non-finite entries")
-        A, b, x_star = arrays["A"], arrays["b"], arrays.get("x_star")
-        if A.ndim != 2 or A.shape[0] < 1 or not A.shape[0] < A.shape[1]:
-            raise self.fail(field, f"A must be 2-D, M x N with 1 <= M < N; found {found}")
-        M, N = A.shape
-        if b.shape != (M,):
-            raise self.fail(field, f"A and b disagree: b must have shape ({M},); found {found}")
-        if x_star is not None and x_star.shape != (N,):
-            raise self.fail(field, f"A and x_star disagree: x_star must have shape ({N},); "
-                            f"found {found}")
+        try:  # the tasks read the file with the same reader, so the messages are the same
+            data = problems.read_instance_bytes(path)
+            A, b, x_star = problems.read_instance_arrays(data, name=path)
+        except problems.InstanceError as e:
+            raise self.fail(field, str(e)) from None
         if x_star is not None and "nonneg" in signs and np.any(x_star < 0):
-            raise self.fail(field, f"x_star has negative entries (min {float(x_star.min())}) but "
-                            "sign includes nonneg; use sign: signed")
+            raise self.fail(field, f"{path}: x_star has negative entries (min "
+                            f"{float(x_star.min())}) but sign includes nonneg; use sign: signed")
+        M, N = A.shape
         return path, hashlib.sha256(data).hexdigest(), (int(M), int(N)), x_star is not None
 
     # -- sections of shared run axes, and methods

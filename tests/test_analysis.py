@@ -189,13 +189,16 @@ def test_load_missing_or_empty_folder(tmp_path: Path):
 
 
 # ----------------------------------------------------------------------------- plots
-def test_grid_helpers():
+def test_values_are_a_log_grid_when_evenly_log_spaced_or_spanning_100x():
     assert plots.is_log_grid([1e-3, 1e-2, 1e-1])
     assert plots.is_log_grid([2, 4, 8])
     assert plots.is_log_grid([1, 200])  # max/min >= 100
     assert not plots.is_log_grid([1, 2, 3])
     assert not plots.is_log_grid([0.1, 1])  # two values, ratio 10
     assert not plots.is_log_grid([0, 1, 10, 100])
+
+
+def test_cell_edges_are_midpoints_in_the_axis_scale_and_half_a_step_out_at_the_ends():
     assert np.allclose(plots.cell_edges([1, 2, 4, 10], log=False), [0.5, 1.5, 3, 7, 13])
     assert np.allclose(plots.cell_edges([1e-2, 1, 1e4], log=True), [1e-3, 1e-1, 1e2, 1e6])
     assert np.allclose(plots.cell_edges([1, 3], log=False), [0, 2, 4])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import spec as spec_mod
+from pipeline.parameters import PARAMS
 from pipeline.spec import SpecError, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,6 +112,23 @@ def test_top_level_and_method_keys_are_documented():
     for method, keys in spec_mod.METHOD_KEYS.items():
         expected |= {f"methods.{method}"} | {f"methods.{method}.{k}" for k in keys}
     assert expected <= documented, f"undocumented: {sorted(expected - documented)}"
+
+
+def _listed(sentence_start: str, sentence_end: str) -> set[str]:
+    """The backquoted names between the two strings of the doc."""
+    start = TEXT.index(sentence_start)
+    return set(re.findall(r"`([\w.]+)`", TEXT[start:TEXT.index(sentence_end, start)]))
+
+
+def test_axis_integer_and_word_key_lists_are_the_parameters():
+    """docs/SWEEP_FILES.md, "Axes": its lists of axes, integer keys and word-valued axes are
+    those of pipeline/parameters.py (plus the top-level integers seed and trials)."""
+    axes = {p.field(m) for p in PARAMS if p.axis for m in (p.methods or (None,))}
+    assert _listed("The following keys are axes:", "An axis can be") == axes
+    integers = {p.key for p in PARAMS if p.kind == "int"} | {"seed", "trials"}
+    assert _listed("- Integer keys (", ") accept") == integers
+    words = {p.key for p in PARAMS if p.kind == "str" and p.axis}
+    assert _listed("- Word-valued axes (", ") take") == words
 
 
 def test_mentioned_paths_exist():

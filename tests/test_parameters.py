@@ -10,9 +10,11 @@ every sweep file in the repository are pinned (tests/data/identities.json, writt
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +29,9 @@ import yaml
 
 from analysis.aggregate import cell_stats
 from pipeline import parameters
+from pipeline.families.diagonal.dynamics import RunConfig
 from pipeline.families.diagonal.run import engine_config as _config
+from pipeline.families.twolayer.engine import TwoLayerConfig
 from pipeline.families.twolayer.run import engine_config as _twolayer_config
 from pipeline.parameters import PARAMS, RUN_PARAMS, Param
 from pipeline.plan import make_plan
@@ -172,8 +176,44 @@ def test_run_id_is_the_documented_hash():
         assert run.instance_id == inst.instance_id
 
 
+def _run_id(identity: dict) -> str:
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return "r-" + hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def test_run_identity_of_each_family_holds_the_other_familys_parameters_as_documented():
+    """docs/SWEEP_FILES.md, "Run identity": parameters of wnsweep 0.1 that do not apply to a run
+    are null in its identity; those added since (family, outputs, width, imbalance) are absent
+    unless they apply and differ from their default. Checked on the runs of a sweep with both
+    families against identities written out here, and against the doc's example."""
+    doc = {"name": "table", "problem": {"M": 4, "N": 8, "sparsity": 2, "outputs": 2},
+           "model": {"family": ["diagonal", "twolayer"], "depth": 2, "width": 3},
+           "init": {"alpha": 0.1, "imbalance": [0, 1.5]},
+           "methods": {"gd": {"eta": 0.05}}, "train": {"max_iters": 20}}
+    common = {"seed": 0, "trial": 0, "M": 4, "N": 8, "s": 2, "method": "gd", "alpha": "0.1",
+              "eta": "0.05", "eta_ratio": None, "schedule": None, "max_iters": 20,
+              "tol": "1e-12", "checkpoints": 64}
+    diagonal = {**common, "sign": "nonneg", "L": 2, "init": "constant"}
+    twolayer = {**common, "sign": None, "L": None, "init": "random", "family": "twolayer",
+                "outputs": 2, "width": 3}
+    expected = {_run_id(diagonal): diagonal, _run_id(twolayer): twolayer,
+                _run_id({**twolayer, "imbalance": "1.5"}): {**twolayer, "imbalance": "1.5"}}
+    assert {r.run_id for r in make_plan(_spec(doc)).runs} == set(expected)
+    # the diagonal run is the one a diagonal-only sweep makes
+    alone = {**doc, "problem": {"M": 4, "N": 8, "sparsity": 2}, "model": {"depth": 2},
+             "init": {"alpha": 0.1}}
+    assert [r.run_id for r in make_plan(_spec(alone)).runs] == [_run_id(diagonal)]
+    # the doc's example is the twolayer run at imbalance 0
+    text = (REPO / "docs" / "SWEEP_FILES.md").read_text(encoding="utf-8")
+    section = text[text.index("## Run identity"):text.index("## What lands on disk")]
+    [example] = re.findall(r"^```json\n(.*?)\n```", section, flags=re.S | re.M)
+    assert json.loads(example) == twolayer
+    assert example == json.dumps(twolayer, sort_keys=True, separators=(",", ":"))
+
+
 def test_engine_config_and_rows_follow_the_table():
     doc = json.loads(json.dumps(BASE))
+    doc["problem"]["sign"] = "signed"
     doc["methods"]["wn"].update(eta_ratio=0.5, schedule="normalized")
     doc["train"].update(tol=1e-9, checkpoints=8)
     plan = make_plan(_spec(doc))
@@ -183,15 +223,20 @@ def test_engine_config_and_rows_follow_the_table():
     assert len(rows) == len(plan.runs) == 2
     by_id = {r.run_id: r for r in plan.runs}
     inst = plan.instances[0]
+    # written out from the sweep above; GD gets the WN-only settings' defaults (it ignores them)
+    expected = {
+        "gd": RunConfig(method="gd", signed=True, depth=2, eta=0.05, eta_ratio=1.0,
+                        schedule="constant", max_iters=20, tol=1e-9, checkpoints=8),
+        "wn": RunConfig(method="wn", signed=True, depth=2, eta=0.05, eta_ratio=0.5,
+                        schedule="normalized", max_iters=20, tol=1e-9, checkpoints=8),
+    }
     for row in rows:
         run = by_id[row["run_id"]]
-        config = _config(inst, run)
+        assert _config(inst, run) == expected[run.method]
         for p in RUN_PARAMS:
             value = run.params[p.name]
             if p.column:
                 assert row[p.name] == value, p.name
-            if p.engine is not None:
-                assert getattr(config, p.engine) == (p.default if value is None else value)
             if not p.applies_to(run.method):
                 assert value is None and (not p.column or row[p.name] is None)
         for p in parameters.INSTANCE_PARAMS:
@@ -215,21 +260,39 @@ def test_twolayer_config_and_rows_follow_the_table():
     assert len(rows) == len(plan.runs) == 2
     by_id = {r.run_id: r for r in plan.runs}
     inst = plan.instances[0]
+    # written out from the sweep above (the runs differ in init.scheme, which no config holds)
+    expected = TwoLayerConfig(width=3, eta=0.05, max_iters=20, tol=1e-9, checkpoints=8)
     for row in rows:
         run = by_id[row["run_id"]]
-        config = _twolayer_config(run)
+        assert _twolayer_config(run) == expected
         for p in RUN_PARAMS:
             value = run.params[p.name]
             if p.column:
                 assert row[p.name] == value, p.name
             if not p.applies_to_family("twolayer"):
                 assert value is None, p.name
-            elif p.engine is not None and hasattr(config, p.engine):
-                assert getattr(config, p.engine) == value
-        assert config.width == run.width == 3
         for p in parameters.INSTANCE_PARAMS:
             assert row[p.name] == inst.params[p.name]
         assert row["family"] == "twolayer" and row["outputs"] == 2 and row["sign"] is None
+
+
+#: The engine configuration of each family's runs.
+ENGINE_CONFIGS = {"diagonal": RunConfig, "twolayer": TwoLayerConfig}
+
+
+@pytest.mark.parametrize("p", [p for p in PARAMS if p.engine is not None], ids=lambda p: p.name)
+def test_every_engine_parameter_is_a_field_of_its_families_engine_config(p: Param):
+    """A parameter with an ``engine`` field reaches the engine of every (family, method) it
+    applies to: a field of that family's config, not dropped on the way."""
+    assert set(ENGINE_CONFIGS) == set(parameters.FAMILIES)
+    applies = [(family, method) for family in parameters.FAMILIES
+               for method in parameters.METHODS
+               if family in parameters.METHOD_FAMILIES[method]
+               and p.applies_to_family(family) and p.applies_to(method)]
+    assert applies, f"{p.name} applies to no family and method"
+    for family, _ in applies:
+        fields = {f.name for f in dataclasses.fields(ENGINE_CONFIGS[family])}
+        assert p.engine in fields, f"{p.name}: {family} runs take it, {family}'s config lacks it"
 
 
 def test_schema_follows_the_table():

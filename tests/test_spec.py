@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.families.diagonal import problems
 from pipeline.spec import MethodSpec, SpecError, SweepSpec, load_spec, parse_spec
 
 DATA = Path(__file__).parent / "data"
@@ -116,7 +117,7 @@ def test_missing_and_non_mapping_files(tmp_path: Path):
          "reference.solver"),
     ],
 )
-def test_more_bad_values(old: str, new: str, field: str):
+def test_a_bad_value_is_refused_naming_its_field(old: str, new: str, field: str):
     text = MINIMAL.replace(old, new)
     assert text != MINIMAL
     with pytest.raises(SpecError) as info:
@@ -190,7 +191,7 @@ def test_methods_keep_file_order():
     assert spec.spec_hash == parse_spec(MINIMAL).spec_hash  # same sweep, same hash
 
 
-def test_axis_forms():
+def test_values_linspace_logspace_and_list_axes_expand_to_values_of_the_keys_type():
     spec = parse_spec(MINIMAL.replace("depth: 2", "depth: {values: [2, 3.0, 4]}")
                       .replace("alpha: 0.1", "alpha: {linspace: [0.25, 1, 4]}")
                       .replace("max_iters: 10", "max_iters: {logspace: [2, 4, 3]}, tol: [0, 1e-10]")
@@ -330,6 +331,87 @@ def test_bad_instance_files(tmp_path: Path, arrays: dict, needle: str):
     with pytest.raises(SpecError) as info:
         parse_spec(FILE_SWEEP, base_dir=str(tmp_path))
     assert info.value.field == "problem.file" and needle in info.value.message, str(info.value)
+
+
+def _npz(**arrays):
+    return lambda path: np.savez(path, **arrays)
+
+
+def _raw(data: bytes):
+    return lambda path: path.write_bytes(data)
+
+
+def _npy(path: Path):
+    with open(path, "wb") as f:  # a plain .npy under an .npz name
+        np.save(f, np.ones(3))
+
+
+#: One bad instance file of each kind: how to write it at the path, and the words its message
+#: must hold (besides the path).
+BAD_INSTANCE_FILES = {
+    "missing": (lambda path: None, "cannot read the file (No such file or directory)"),
+    "a directory": (lambda path: path.mkdir(), "cannot read the file (Is a directory)"),
+    "empty": (_raw(b""), "not an .npz archive"),
+    "text": (_raw(b"not a zip"), "not an .npz archive"),
+    "single array": (_npy, "got a single array"),
+    "pickled objects": (_npz(A=np.array([{"a": 1}, None], dtype=object), b=np.ones(1)),
+                        "cannot read array A (Object arrays cannot be loaded"),
+    "no b": (_npz(A=np.ones((3, 6))), "missing array b; needs arrays A (M x N) and b (M), "
+             "found A (3, 6)"),
+    "no A or b": (_npz(x=np.ones(3)), "missing array A and b; needs arrays A (M x N) and b (M), "
+                  "found no A, b or x_star"),
+    "complex A": (_npz(A=np.ones((3, 6), dtype=complex), b=np.ones(3)),
+                  "array A must be real numbers, got dtype complex128"),
+    "string b": (_npz(A=np.ones((3, 6)), b=np.array(["1", "2", "3"])),
+                 "array b must be real numbers, got dtype <U1"),
+    "NaN in A": (_npz(A=np.full((3, 6), np.nan), b=np.ones(3)),
+                 "array A has non-finite entries (18 of 18)"),
+    "inf in x_star": (_npz(A=np.ones((3, 6)), b=np.ones(3), x_star=np.r_[np.inf, np.zeros(5)]),
+                      "array x_star has non-finite entries (1 of 6)"),
+    "A 1-D": (_npz(A=np.ones(6), b=np.ones(1)), "A must be 2-D, M x N with 1 <= M < N; "
+              "found A (6,), b (1,)"),
+    "M >= N": (_npz(A=np.ones((6, 3)), b=np.ones(6)), "A must be 2-D, M x N with 1 <= M < N; "
+               "found A (6, 3), b (6,)"),
+    "M = 0": (_npz(A=np.ones((0, 3)), b=np.ones(0)), "1 <= M < N; found A (0, 3), b (0,)"),
+    "b (3, 1)": (_npz(A=np.ones((3, 6)), b=np.ones((3, 1))),
+                 "A and b disagree: b must have shape (3,); found A (3, 6), b (3, 1)"),
+    "x_star (5,)": (_npz(A=np.ones((3, 6)), b=np.ones(3), x_star=np.ones(5)),
+                    "A and x_star disagree: x_star must have shape (6,); found A (3, 6), b (3,), "
+                    "x_star (5,)"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_INSTANCE_FILES)
+def test_a_bad_instance_file_gets_one_message_at_validation_and_at_run_time(tmp_path: Path,
+                                                                             kind: str):
+    """The sweep's validation (SpecError on problem.file) and a task loading the instance
+    (problems.load_instance, InstanceError) read the file with one reader: the same message,
+    naming the file."""
+    write, words = BAD_INSTANCE_FILES[kind]
+    (tmp_path / "data").mkdir()
+    path = tmp_path / "data" / "inst.npz"
+    write(path)
+    with pytest.raises(problems.InstanceError) as at_run:
+        problems.load_instance(path, signed=False)
+    with pytest.raises(SpecError) as at_validation:
+        parse_spec(FILE_SWEEP, base_dir=str(tmp_path))
+    assert at_validation.value.field == "problem.file"
+    assert at_validation.value.message == str(at_run.value)
+    assert str(at_run.value).startswith(f"{path}: ") and words in str(at_run.value), \
+        str(at_run.value)
+
+
+def test_negative_x_star_is_refused_for_nonneg_only(tmp_path: Path):
+    """A check of sweep validation alone: it knows the signs the file is used with."""
+    A = np.ones((3, 6))
+    np.savez(tmp_path / "inst.npz", A=A, b=np.ones(3), x_star=np.full(6, -0.5))
+    with pytest.raises(SpecError) as info:
+        parse_spec(FILE_SWEEP.replace("data/inst.npz", "inst.npz"), base_dir=str(tmp_path))
+    assert info.value.field == "problem.file"
+    assert "x_star has negative entries (min -0.5) but sign includes nonneg" in info.value.message
+    signed = parse_spec(FILE_SWEEP.replace("data/inst.npz", "inst.npz")
+                        .replace("[nonneg, signed]", "signed"), base_dir=str(tmp_path))
+    assert signed.problem.file_has_x_star
 
 
 def test_instance_not_npz(tmp_path: Path):

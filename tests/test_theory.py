@@ -238,7 +238,7 @@ def test_flushed_weights_contribute_zero():
         assert _rel(pred.x[~flushed], sub.x) <= 1e-9
 
 
-def test_prediction_metrics():
+def test_pred_error_and_pred_l1_gap_follow_their_formulas_and_are_nan_without_x_pred():
     x_pred = np.array([3.0, 4.0, 0.0])
     x_final = np.array([3.0, 4.0, 0.5])
     x_l1 = np.array([2.0, 3.0, 0.0])

@@ -222,7 +222,7 @@ def test_divergence_is_a_status_without_warnings(instance):
     assert np.isfinite(batch[1].rate)
 
 
-def test_config_validation():
+def test_twolayer_config_refuses_a_zero_width_and_a_negative_eta():
     with pytest.raises(ValueError, match="width"):
         TwoLayerConfig(width=0, eta=0.1)
     with pytest.raises(ValueError):

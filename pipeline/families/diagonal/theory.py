@@ -368,7 +368,75 @@ def _split(w0: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray | None]
     return w0[:N], w0[N:]
 
 
-# --- the solver ----------------------------------------------------------------------------------
+# --- the solver: one function per strategy, and the dispatcher -----------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Problem:
+    """What every strategy reads: A (M, N), b (M,), b_norm = ||b|| (at least the smallest normal
+    float), w0 (N,) nonneg or (2N,) signed and its parts u0 (N,), v0 (N,) (None for nonneg), the
+    depth L, the target log-scale, and ``natural``: the log-scale at which
+    max_i (gamma w0_i)^L = ||A^+ b||_inf (``_start_log_scale``; -inf if A A^T is singular).
+    ``unusable`` says why no strategy applies ("" when the inputs are usable; ``natural`` and
+    ``b_norm`` are NaN otherwise)."""
+
+    A: np.ndarray
+    b: np.ndarray
+    b_norm: float
+    w0: np.ndarray
+    u0: np.ndarray
+    v0: np.ndarray | None
+    depth: int
+    signed: bool
+    log_scale: float
+    natural: float
+    unusable: str
+
+    @classmethod
+    def from_inputs(cls, A, b, w0, depth, signed, log_scale) -> _Problem:
+        """Checked inputs of ``predicted_limit``; ValueError for malformed shapes or depth."""
+        A = np.asarray(A, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64)
+        w0 = np.asarray(w0, dtype=np.float64)
+        M, N = A.shape
+        n = 2 * N if signed else N
+        if b.shape != (M,) or w0.shape != (n,):
+            raise ValueError(f"need A (M, N), b (M,), w0 ({n},); got {A.shape}, {b.shape}, "
+                             f"{w0.shape}")
+        if int(depth) != depth or depth < 2:
+            raise ValueError(f"depth must be an integer >= 2, got {depth!r}")
+        depth = int(depth)
+        unusable = ""
+        if not (np.all(np.isfinite(w0)) and np.all(w0 >= 0) and np.any(w0 > 0)
+                and np.isfinite(log_scale)):
+            unusable = "initial weights must be finite, >= 0 and not all 0; log_scale finite"
+        elif not (np.all(np.isfinite(A)) and np.all(np.isfinite(b))):
+            unusable = "non-finite A or b"
+        natural = np.nan if unusable else _start_log_scale(A, b, w0, depth)
+        b_norm = np.nan if unusable else max(float(np.linalg.norm(b)), np.finfo(float).tiny)
+        u0, v0 = _split(w0, signed)
+        return cls(A, b, b_norm, w0, u0, v0, depth, bool(signed), float(log_scale), natural,
+                   unusable)
+
+    def coordinates(self, log_scale: float) -> _Coordinates:
+        """The coordinates' state at z = 0 for the initial weights times e^{log_scale}."""
+        return _Coordinates(self.u0, self.v0, self.depth, log_scale)
+
+    def failed(self, message: str, nu: np.ndarray | None = None, iterations: int = 0,
+               status: str = "failed") -> tuple:
+        """The outcome of a solve without a usable x (x and, by default, nu NaN)."""
+        M, N = self.A.shape
+        nu = np.full(M, np.nan) if nu is None else nu
+        return status, np.full(N, np.nan), nu, iterations, np.nan, message
+
+
+#: What a strategy ends with: (status, x (N,), nu (M,), Newton iterations, relative residual,
+#: message); ``predicted_limit`` adds the wall time.
+_Outcome = tuple
+#: Where Newton at the target scale starts: (nu (M,), the coordinates at z = A^T nu, Newton
+#: iterations already spent).
+_Start = tuple
+LP_INFEASIBLE = "no x of the allowed signs solves A x = b (LP feasibility check)"
 
 
 def predicted_limit(
@@ -391,93 +459,116 @@ def predicted_limit(
     stages of the scale continuation.
     Returns a Prediction; a solve that fails is a status, never an exception (ValueError only for
     malformed shapes or depth).
+
+    The strategies, tried in this order: unusable inputs are "failed"; for L > 2 far below the
+    natural scale, the alpha -> 0 LP (``_alpha_zero_strategy``: there the finite-scale program
+    is not representable in float64, so it comes before any Newton solve); otherwise damped
+    Newton on the dual at the target scale (``_newton_strategy``), started by ``_warm_start``
+    (L >= WARM_START_MIN_DEPTH below the natural scale), else by ``_continuation`` (L = 2 more
+    than e^{-2 EXTRAPOLATE_START} below it), else from nu = 0.
     """
     start = time.perf_counter()
-    A = np.asarray(A, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    w0 = np.asarray(w0, dtype=np.float64)
-    M, N = A.shape
-    n = 2 * N if signed else N
-    if b.shape != (M,) or w0.shape != (n,):
-        raise ValueError(f"need A (M, N), b (M,), w0 ({n},); got {A.shape}, {b.shape}, {w0.shape}")
-    if int(depth) != depth or depth < 2:
-        raise ValueError(f"depth must be an integer >= 2, got {depth!r}")
-    depth = int(depth)
-    nan_x = np.full(N, np.nan)
-
-    def result(status, x, nu, iterations, residual, message=""):
-        return Prediction(x, nu, status, iterations, residual, time.perf_counter() - start, message)
-
-    if not (np.all(np.isfinite(w0)) and np.all(w0 >= 0) and np.any(w0 > 0)
-            and np.isfinite(log_scale)):
-        return result("failed", nan_x, np.full(M, np.nan), 0, np.nan,
-                      "initial weights must be finite, >= 0 and not all 0; log_scale finite")
-    if not (np.all(np.isfinite(A)) and np.all(np.isfinite(b))):
-        return result("failed", nan_x, np.full(M, np.nan), 0, np.nan, "non-finite A or b")
-    u0, v0 = _split(w0, signed)
-    b_norm = max(float(np.linalg.norm(b)), np.finfo(float).tiny)
-    nu = np.zeros(M)
-    iterations = 0
-    natural = _start_log_scale(A, b, w0, depth)
-    if depth > 2 and log_scale - natural < LIMIT_LOG_SCALE:
-        limit = alpha_zero_limit(A, b, w0, depth, signed, log_scale=log_scale)
-        return result(limit.status, limit.x, limit.nu, 0, limit.residual, limit.message)
-    coords = _Coordinates(u0, v0, depth, float(log_scale))
-    start_scale = natural if depth >= WARM_START_MIN_DEPTH else -np.inf
-    if start_scale > log_scale:
-        # warm start: solve loosely at the larger scale, then rescale the state to the target
-        warm = _Coordinates(u0, v0, depth, start_scale)
-        nu_warm, _, residual, iterations, status, _ = _newton(
-            A, b, b_norm, warm, nu, WARM_START_RTOL, max_newton)
-        if status == "ok":
-            nu, coords = warm.rescale(log_scale - start_scale, nu_warm), warm
+    problem = _Problem.from_inputs(A, b, w0, depth, signed, log_scale)
+    depth, log_scale, natural = problem.depth, problem.log_scale, problem.natural
+    if problem.unusable:
+        outcome = problem.failed(problem.unusable)
+    elif depth > 2 and log_scale - natural < LIMIT_LOG_SCALE:
+        outcome = _alpha_zero_strategy(problem)
+    elif depth >= WARM_START_MIN_DEPTH and natural > log_scale:
+        outcome = _newton_strategy(problem, _warm_start(problem, max_newton), rtol, max_newton)
     elif depth == 2 and log_scale - natural < 2.0 * EXTRAPOLATE_START:
-        # tiny scale, L = 2: nu is asymptotically affine in the log-scale lambda (nu ~ -2 lambda
-        # nu_hat + nu_c, nu_hat an l1 dual certificate). Solve at lambda = EXTRAPOLATE_START * 2^j
-        # (j = 0, 1, ...) until the target, each stage starting from the linear extrapolation of
-        # the previous two.
-        target = log_scale - natural
-        lams, nus = [], []
-        lam = EXTRAPOLATE_START
-        while lam > target:
-            start_nu = nu if len(nus) < 2 else _extrapolate(lams, nus, lam)
-            stage = _Coordinates(u0, v0, depth, natural + lam)
-            if len(nus) >= 2:
-                stage.move(A.T @ start_nu)
-            nu_stage, _, _, its, status, _ = _newton(
-                A, b, b_norm, stage, start_nu, EXTRAPOLATE_RTOL, max_newton - iterations)
-            iterations += its
-            if status != "ok":
-                break
-            lams.append(lam)
-            nus.append(nu_stage)
-            lam *= 2.0
-        if lam <= target and len(nus) >= 2:
-            nu = _extrapolate(lams, nus, target)
-            coords.move(A.T @ nu)
-    # a solve still far from converged after LP_CHECK_AFTER iterations may have no solution: one
-    # LP feasibility check then (the Farkas test on Newton directions catches most cases earlier)
+        outcome = _newton_strategy(problem, _continuation(problem, max_newton), rtol, max_newton)
+    else:
+        start_nu = (np.zeros(problem.A.shape[0]), problem.coordinates(log_scale), 0)
+        outcome = _newton_strategy(problem, start_nu, rtol, max_newton)
+    status, x, nu, iterations, residual, message = outcome
+    return Prediction(x, nu, status, iterations, residual, time.perf_counter() - start, message)
+
+
+def _alpha_zero_strategy(problem: _Problem) -> _Outcome:
+    """For L > 2 more than e^{-LIMIT_LOG_SCALE} below the natural scale: the alpha -> 0 limit,
+    the weighted-l1 LP of ``alpha_zero_limit`` (no Newton iterations; nu NaN). There the
+    finite-scale program is not representable (u0^{2-L} overflows, x underflows) and its
+    solution equals the LP's (module docstring, "Numerics")."""
+    limit = alpha_zero_limit(problem.A, problem.b, problem.w0, problem.depth, problem.signed,
+                             log_scale=problem.log_scale)
+    return limit.status, limit.x, limit.nu, 0, limit.residual, limit.message
+
+
+def _warm_start(problem: _Problem, max_newton: int) -> _Start:
+    """For L >= WARM_START_MIN_DEPTH with the weights below the natural scale: a loose Newton
+    solve (to WARM_START_RTOL) at the natural scale, whose state is then rescaled exactly to the
+    target (``_Coordinates.rescale``). If the loose solve does not converge, the target starts
+    from nu = 0; its iterations count either way."""
+    nu = np.zeros(problem.A.shape[0])
+    warm = problem.coordinates(problem.natural)
+    nu_warm, _, _, iterations, status, _ = _newton(
+        problem.A, problem.b, problem.b_norm, warm, nu, WARM_START_RTOL, max_newton)
+    if status == "ok":
+        return warm.rescale(problem.log_scale - problem.natural, nu_warm), warm, iterations
+    return nu, problem.coordinates(problem.log_scale), iterations
+
+
+def _continuation(problem: _Problem, max_newton: int) -> _Start:
+    """For L = 2 more than e^{-2 EXTRAPOLATE_START} below the natural scale. nu is asymptotically
+    affine in the log-scale lambda relative to the natural one (nu ~ -2 lambda nu_hat + nu_c,
+    nu_hat an l1 dual certificate): solve at lambda = EXTRAPOLATE_START * 2^j (j = 0, 1, ...,
+    each to EXTRAPOLATE_RTOL) while above the target, each stage from the linear extrapolation
+    of the previous two, and start the target from the extrapolation of the last two. If a
+    stage does not converge (or fewer than two did), the target starts from nu = 0; the stages'
+    iterations count either way."""
+    A, b, b_norm = problem.A, problem.b, problem.b_norm
+    nu = np.zeros(A.shape[0])
+    coords = problem.coordinates(problem.log_scale)
+    target = problem.log_scale - problem.natural
+    lams, nus, iterations = [], [], 0
+    lam = EXTRAPOLATE_START
+    while lam > target:
+        start_nu = nu if len(nus) < 2 else _extrapolate(lams, nus, lam)
+        stage = problem.coordinates(problem.natural + lam)
+        if len(nus) >= 2:
+            stage.move(A.T @ start_nu)
+        nu_stage, _, _, its, status, _ = _newton(
+            A, b, b_norm, stage, start_nu, EXTRAPOLATE_RTOL, max_newton - iterations)
+        iterations += its
+        if status != "ok":
+            break
+        lams.append(lam)
+        nus.append(nu_stage)
+        lam *= 2.0
+    if lam <= target and len(nus) >= 2:
+        nu = _extrapolate(lams, nus, target)
+        coords.move(A.T @ nu)
+    return nu, coords, iterations
+
+
+def _newton_strategy(problem: _Problem, start: _Start, rtol: float, max_newton: int) -> _Outcome:
+    """Damped Newton on the dual at the target scale from ``start``, to relative residual rtol
+    within max_newton iterations in all, and the status of where it ends. A solve still
+    unconverged after LP_CHECK_AFTER iterations runs one LP feasibility check (the Farkas test
+    on Newton directions catches most infeasible problems earlier); one that stops short is
+    "inaccurate" if its residual is <= INACCURATE_RTOL, else "infeasible" if the LP says so,
+    else "failed"."""
+    A, b, b_norm = problem.A, problem.b, problem.b_norm
+    nu, coords, iterations = start
     budget = min(max_newton - iterations, max(LP_CHECK_AFTER - iterations, 0))
     nu, x, residual, its, status, message = _newton(A, b, b_norm, coords, nu, rtol, budget)
     iterations += its
     if status == "stalled" and iterations < max_newton and message == BUDGET_EXHAUSTED:
         if not (residual <= INACCURATE_RTOL) and _lp_infeasible(A, b, *coords.allowed_signs()):
-            return result("infeasible", nan_x, nu, iterations, np.nan,
-                          "no x of the allowed signs solves A x = b (LP feasibility check)")
+            return problem.failed(LP_INFEASIBLE, nu, iterations, "infeasible")
         nu, x, residual, its, status, message = _newton(
             A, b, b_norm, coords, nu, rtol, max_newton - iterations)
         iterations += its
     if status == "ok":
-        return result("ok", x, nu, iterations, residual)
+        return "ok", x, nu, iterations, residual, ""
     if status == "infeasible":
-        return result("infeasible", nan_x, nu, iterations, np.nan, message)
+        return problem.failed(message, nu, iterations, "infeasible")
     if np.isfinite(residual) and residual <= INACCURATE_RTOL:
-        return result("inaccurate", x, nu, iterations, residual, message)
+        return "inaccurate", x, nu, iterations, residual, message
     if _lp_infeasible(A, b, *coords.allowed_signs()):
-        return result("infeasible", nan_x, nu, iterations, np.nan,
-                      "no x of the allowed signs solves A x = b (LP feasibility check)")
-    return result("failed", nan_x, nu, iterations, np.nan,
-                  f"{message} (relative residual {residual:.3g})")
+        return problem.failed(LP_INFEASIBLE, nu, iterations, "infeasible")
+    return problem.failed(f"{message} (relative residual {residual:.3g})", nu, iterations)
 
 
 def alpha_zero_limit(
@@ -546,8 +637,9 @@ def _extrapolate(lams: list[float], nus: list[np.ndarray], lam: float) -> np.nda
 
 
 def _start_log_scale(A: np.ndarray, b: np.ndarray, w0: np.ndarray, depth: int) -> float:
-    """log of the scale gamma at which max_i (gamma w0_i)^L equals ||A^+ b||_inf: the start of the
-    continuation (a small target scale is approached from there in steps of STAGE_LOG_FACTOR)."""
+    """log of the scale gamma at which max_i (gamma w0_i)^L equals ||A^+ b||_inf: the reference
+    scale of the strategies (``_warm_start`` solves there, ``_continuation``'s stages and the
+    alpha -> 0 threshold are relative to it)."""
     try:
         x_l2 = A.T @ np.linalg.solve(A @ A.T, b)
     except np.linalg.LinAlgError:
