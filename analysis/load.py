@@ -38,23 +38,20 @@ from pipeline.results.folder import (
     ShardError,
     StoreError,
 )
-from pipeline.results.schema import RUNS_SCHEMA
+from pipeline.results.schema import INSTANCES_SCHEMA, RUNS_SCHEMA
 
 __all__ = ["INSTANCE_COLUMNS", "ResultsNotFoundError", "ShardError", "load", "load_provenance",
            "resolve"]
 
-#: Instance columns brought into the run table (runs already have trial, M, N, s, sign).
-INSTANCE_COLUMNS = (
-    "bp_solver",
-    "bp_status",
-    "bp_seconds",
-    "l1_norm_bp",
-    "bp_error_truth",
-    "problem_file",
-    "seed",
-    "x_star",
-    "x_l1",
-)
+#: Instance columns brought into the run table: every column of the instances shard that runs
+#: do not already have (they have trial, M, N, s, sign), in the order of wnsweep 0.3's tables,
+#: then those of other families in schema order.
+_ORDER_0_3 = ("bp_solver", "bp_status", "bp_seconds", "l1_norm_bp", "bp_error_truth",
+              "problem_file", "seed", "x_star", "x_l1")
+INSTANCE_COLUMNS = tuple(sorted(
+    (n for n in INSTANCES_SCHEMA.names if n not in RUNS_SCHEMA.names),
+    key=lambda n: (_ORDER_0_3.index(n) if n in _ORDER_0_3 else len(_ORDER_0_3),
+                   INSTANCES_SCHEMA.names.index(n))))
 #: Run columns a shard may omit (filled with nulls); every other RUNS_SCHEMA column is required.
 OPTIONAL_RUN_COLUMNS = OPTIONAL[RUNS]
 

@@ -37,8 +37,8 @@ class Param:
                 applies and differs from its default (every parameter added since).
     generated:  only for generated problems (absent when the problem is an instance file).
     slot:       its place in the table: the column order of the shards and the order in which runs
-                are expanded (so also which runs share a task). Fixed once results exist; a new
-                parameter takes a free number above every other.
+                are expanded (so also which runs share a task). Fixed once results exist. A
+                parameter without one goes after every slotted one, in declaration order.
     families:   the model families (``pipeline.families.FAMILIES``) it applies to (``None``:
                 every family; a family's own parameters: that family, set by the registry). Where it
                 does not apply to a run's family it is null, and it enters the run id like a
@@ -67,7 +67,7 @@ class Param:
     engine: str | None = None
     identity: str = "always"
     generated: bool = False
-    slot: int = 0
+    slot: int | None = None
     families: tuple[str, ...] | None = None
     by_family: tuple[tuple[str, tuple[str, ...], Any], ...] = ()
 
@@ -133,7 +133,7 @@ def identity_value(value: Any) -> Any:
 
 
 def identity_items(params: tuple[Param, ...], values: dict[str, Any],
-                   method: str | None = None, family: str = "diagonal") -> dict[str, Any]:
+                   method: str | None = None, *, family: str) -> dict[str, Any]:
     """The identity entries of ``params`` for one run (or instance) with these ``values``.
 
     ``always`` parameters are present with ``None`` where they do not apply to ``method`` or

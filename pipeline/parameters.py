@@ -60,7 +60,7 @@ SHARED: tuple[Param, ...] = (
 
 def _table() -> tuple[Param, ...]:
     """SHARED and every family's parameters, the latter marked as that family's, with each
-    family's overrides of shared parameters, ordered by slot."""
+    family's overrides of shared parameters, ordered by slot (unslotted ones last, as declared)."""
     overrides: dict[str, list] = {}
     for f in REGISTRY.values():
         for name, choices, default in f.overrides:
@@ -68,13 +68,14 @@ def _table() -> tuple[Param, ...]:
     params = [replace(p, by_family=tuple(overrides.get(p.name, ()))) for p in SHARED]
     params += [replace(p, families=(f.name,)) for f in REGISTRY.values() for p in f.params]
     names = [p.name for p in params]
-    slots = [p.slot for p in params]
+    slots = [p.slot for p in params if p.slot is not None]
     if len(set(names)) != len(names) or len(set(slots)) != len(slots):
-        raise ValueError(f"parameter names and slots must be unique: {sorted(zip(slots, names))}")
+        raise ValueError(f"parameter names and slots must be unique: {names}, slots {slots}")
     unknown = set(overrides) - set(names)
     if unknown:
         raise ValueError(f"families override parameters that do not exist: {sorted(unknown)}")
-    return tuple(sorted(params, key=lambda p: p.slot))
+    order = {p.name: i for i, p in enumerate(params)}  # declaration order
+    return tuple(sorted(params, key=lambda p: (p.slot is None, p.slot or 0, order[p.name])))
 
 
 PARAMS: tuple[Param, ...] = _table()

@@ -231,7 +231,7 @@ def _instance_runs(spec: SweepSpec, inst: InstanceKey) -> list[Run]:
                 values.update(zip(shared, shared_values))
                 values.update(zip(own, own_values))
                 identity = {**problem_id, "method": method.name,
-                            **identity_items(RUN_PARAMS, values, method.name, inst.family)}
+                            **identity_items(RUN_PARAMS, values, method.name, family=inst.family)}
                 runs.append(Run(_hash(identity, "r-"), inst.instance_id, method.name, values))
     return runs
 

@@ -349,7 +349,7 @@ def _copy_with_new_params(tmp_path: Path) -> Path:
                         ignore=shutil.ignore_patterns("__pycache__"))
     source = root / "pipeline" / "parameters.py"
     text = source.read_text()
-    anchor = "PARAMS: tuple[Param, ...] = ("
+    anchor = "SHARED: tuple[Param, ...] = ("
     assert text.count(anchor) == 1
     end = text.index("\n)\n", text.index(anchor))
     source.write_text(text[:end] + textwrap.indent(textwrap.dedent(NEW_PARAMS), "    ").rstrip()
