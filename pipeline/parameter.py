@@ -45,6 +45,7 @@ class Param:
                 parameter that does not apply to the run's method (``always``: null;
                 ``unless_default``: absent). A sweep file may give it only when one of its
                 families is among these.
+    hint:       what a message adds when a required parameter is missing (how to choose).
     by_family:  per-family overrides, ``((family, choices, default), ...)``: the words that
                 family takes (``()``: all of ``choices``) and its default (``REQUIRED``: must be
                 given; ``None``: may be omitted, the value is then null). Set by the registry
@@ -68,6 +69,7 @@ class Param:
     identity: str = "always"
     generated: bool = False
     slot: int | None = None
+    hint: str = ""
     families: tuple[str, ...] | None = None
     by_family: tuple[tuple[str, tuple[str, ...], Any], ...] = ()
 

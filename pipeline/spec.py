@@ -401,7 +401,8 @@ class _Validator:
                 extra = "; or give problem.file" if p.generated and takes_file else ""
                 which = "" if (p.families is None and not p.by_family) else \
                     f" for the {', '.join(missing)} family"
-                raise self.fail(field, f"required{which}: {p.doc} ({p.rule()}){extra}")
+                hint = f"; {p.hint}" if p.hint else ""
+                raise self.fail(field, f"required{which}: {p.doc} ({p.rule()}){extra}{hint}")
             return tuple(dict.fromkeys(defaults))
         self.given.add(p.name)
         if not p.axis:

@@ -53,7 +53,7 @@ model: {depth: 2}
 init: {alpha: [0.1, 0.2, 0.4]}
 methods:
   gd: {eta: 0.01}
-  wn: {eta: 0.01, eta_ratio: [0.1, 1.0]}
+  wn: {eta: 0.01, eta_ratio: [0.1, 1.0], schedule: constant}
 train: {max_iters: 30000, tol: 0.0, checkpoints: 16}
 """
 

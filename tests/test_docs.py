@@ -24,7 +24,7 @@ model: {depth: 2}
 init: {alpha: 0.1}
 methods:
   gd: {eta: 0.05}
-  wn: {eta: 0.05}
+  wn: {eta: 0.05, schedule: constant}
 train: {max_iters: 10}
 """
 

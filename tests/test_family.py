@@ -37,7 +37,7 @@ DIAGONAL = {
     "problem": {"M": 6, "N": 15, "sparsity": 2},
     "model": {"depth": 2},
     "init": {"alpha": 0.1},
-    "methods": {"gd": {"eta": 0.05}, "wn": {"eta": 0.05}},
+    "methods": {"gd": {"eta": 0.05}, "wn": {"eta": 0.05, "schedule": "constant"}},
     "train": {"max_iters": 200},
 }
 
@@ -66,7 +66,7 @@ MIXED = _doc(DIAGONAL, model={"family": ["diagonal", "twolayer"], "width": 4})
 
 BAD = [
     # (base, changes, field, message fragment)
-    (TWOLAYER, {"methods": {"wn": {"eta": 0.1}}}, "methods.wn",
+    (TWOLAYER, {"methods": {"wn": {"eta": 0.1, "schedule": "constant"}}}, "methods.wn",
      "WN-GD is defined for the diagonal family only; the twolayer family takes gd"),
     (TWOLAYER, {"model": {"width": None}}, "model.width", "required for the twolayer family"),
     (MIXED, {"model": {"depth": None}}, "model.depth", "required for the diagonal family"),
@@ -105,7 +105,7 @@ def test_validation_names_the_field(base, changes, field, fragment):
 
 def test_cli_refuses_wn_for_the_twolayer_family(tmp_path: Path, capsys):
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(_doc(TWOLAYER, methods={"wn": {"eta": 0.1}})))
+    path.write_text(yaml.safe_dump(_doc(TWOLAYER, methods={"wn": {"eta": 0.1, "schedule": "constant"}})))
     out = tmp_path / "out"
     code = main(["run", str(path), "--executor", "serial", "--out", str(out)])
     err = capsys.readouterr().err
@@ -237,7 +237,7 @@ def test_rate_is_higher_at_large_imbalance_than_at_zero():
 def test_a_mixed_folder_loads_and_reports(tmp_path: Path):
     doc = _doc(MIXED, model={"width": [4, 40]}, init={"alpha": [0.1, 0.3],
                                                       "scheme": ["constant", "random", "range"]},
-               methods={"gd": {"eta": 0.02}, "wn": {"eta": 0.02}},
+               methods={"gd": {"eta": 0.02}, "wn": {"eta": 0.02, "schedule": "constant"}},
                train={"max_iters": 3000, "tol": 1e-20})
     doc["trials"] = 2
     path = tmp_path / "mixed.yaml"

@@ -46,7 +46,7 @@ BASE = {
     "problem": {"M": 4, "N": 8, "sparsity": 2},
     "model": {"depth": 2},
     "init": {"alpha": 0.1},
-    "methods": {"gd": {"eta": 0.05}, "wn": {"eta": 0.05}},
+    "methods": {"gd": {"eta": 0.05}, "wn": {"eta": 0.05, "schedule": "constant"}},
     "train": {"max_iters": 20},
 }
 
@@ -337,7 +337,7 @@ seed: 2
 problem: {M: 6, N: 12, sparsity: 2}
 model: {depth: 2}
 init: {alpha: 0.1}
-methods: {gd: {eta: 0.05}, wn: {eta: 0.05%s}}
+methods: {gd: {eta: 0.05}, wn: {eta: 0.05, schedule: constant%s}}
 train: {max_iters: 50%s}
 """
 

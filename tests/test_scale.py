@@ -93,14 +93,14 @@ def test_lazy_planning_of_an_instance_file_and_of_many_shapes(tmp_path):
     assert_lazy_is_todays(spec.parse_spec(
         "name: shapes\nseed: 1\ntrials: 7\nproblem: {M: [10, 30], N: [40, 90], sparsity: 2}\n"
         "model: {depth: 2}\ninit: {alpha: [0.1, 0.2, 0.4]}\n"
-        "methods: {gd: {eta: 0.01}, wn: {eta: 0.01, eta_ratio: [0.1, 1]}}\n"
+        "methods: {gd: {eta: 0.01}, wn: {eta: 0.01, eta_ratio: [0.1, 1], schedule: constant}}\n"
         "train: {max_iters: [500, 3000]}\n"))
     # both model families: their own instance and run axes, and methods (wn: diagonal only)
     mixed = spec.parse_spec(
         "name: mixed\nseed: 4\ntrials: 5\nproblem: {M: 6, N: 15, sparsity: [1, 2]}\n"
         "model: {family: [diagonal, twolayer], depth: [2, 3], width: [4, 8]}\n"
         "init: {scheme: random, alpha: [0.1, 0.3]}\n"
-        "methods: {gd: {eta: 0.05}, wn: {eta: 0.05, eta_ratio: [0.1, 1]}}\n"
+        "methods: {gd: {eta: 0.05}, wn: {eta: 0.05, eta_ratio: [0.1, 1], schedule: constant}}\n"
         "train: {max_iters: 200}\n")
     assert plan.count_runs(mixed) == len(plan.make_plan(mixed).runs)
     assert_lazy_is_todays(mixed)

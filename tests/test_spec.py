@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from pipeline.families.diagonal import problems
+from pipeline.plan import make_plan
 from pipeline.spec import MethodSpec, SpecError, SweepSpec, load_spec, parse_spec
 
 DATA = Path(__file__).parent / "data"
@@ -28,7 +29,7 @@ name: tiny
 problem: {M: 4, N: 8, sparsity: 2}
 model: {depth: 2}
 init: {alpha: 0.1}
-methods: {gd: {eta: 0.1}, wn: {eta: 0.1}}
+methods: {gd: {eta: 0.1}, wn: {eta: 0.1, schedule: constant}}
 train: {max_iters: 10}
 """
 
@@ -108,8 +109,8 @@ def test_missing_and_non_mapping_files(tmp_path: Path):
         ("name: tiny", "name: 12", "name"),
         ("max_iters: 10", "max_iters: 0", "train.max_iters"),
         ("max_iters: 10", "max_iters: 10, tol: 1e-12, checkpoints: 2.5", "train.checkpoints"),
-        ("{gd: {eta: 0.1}, wn: {eta: 0.1}}", "[gd, wn]", "methods"),
-        ("{gd: {eta: 0.1}, wn: {eta: 0.1}}", "{gd: {eta: -0.1}}", "methods.gd.eta"),
+        ("{gd: {eta: 0.1}, wn: {eta: 0.1, schedule: constant}}", "[gd, wn]", "methods"),
+        ("{gd: {eta: 0.1}, wn: {eta: 0.1, schedule: constant}}", "{gd: {eta: -0.1}}", "methods.gd.eta"),
         ("model: {depth: 2}", "model: 2", "model"),
         ("train: {max_iters: 10}", "train: {max_iters: 10}\ndescription: [a]", "description"),
         ("train: {max_iters: 10}", "train: {max_iters: 10}\nseed: 1.5", "seed"),
@@ -185,8 +186,8 @@ def test_defaults_are_filled_in():
 
 
 def test_methods_keep_file_order():
-    spec = parse_spec(MINIMAL.replace("{gd: {eta: 0.1}, wn: {eta: 0.1}}",
-                                      "{wn: {eta: 0.1}, gd: {eta: 0.1}}"))
+    spec = parse_spec(MINIMAL.replace("{gd: {eta: 0.1}, wn: {eta: 0.1, schedule: constant}}",
+                                      "{wn: {eta: 0.1, schedule: constant}, gd: {eta: 0.1}}"))
     assert [m.name for m in spec.methods] == ["wn", "gd"]
     assert spec.spec_hash == parse_spec(MINIMAL).spec_hash  # same sweep, same hash
 
@@ -197,7 +198,7 @@ def test_values_linspace_logspace_and_list_axes_expand_to_values_of_the_keys_typ
                       .replace("max_iters: 10", "max_iters: {logspace: [2, 4, 3]}, tol: [0, 1e-10]")
                       .replace("M: 4", "M: [3, 4]")
                       .replace("sparsity: 2}", "sparsity: 2, sign: [signed, nonneg]}")
-                      .replace("wn: {eta: 0.1}",
+                      .replace("wn: {eta: 0.1, schedule: constant}",
                                "wn: {eta: 1, eta_ratio: 1e-2, schedule: [normalized, constant]}"))
     ax = spec.axes
     assert ax["L"] == (2, 3, 4) and all(type(x) is int for x in ax["L"])
@@ -423,3 +424,27 @@ def test_instance_not_npz(tmp_path: Path):
     (tmp_path / "data" / "inst.npz").write_text("not a zip")
     with pytest.raises(SpecError, match="problem.file"):
         parse_spec(FILE_SWEEP, base_dir=str(tmp_path))
+
+
+#: A sweep file of wnsweep 0.3 that left the WN schedule to its default (then ``constant``), with
+#: the spec hash and run ids 0.3 gave it.
+NO_SCHEDULE = """\
+name: no-schedule
+problem: {M: 6, N: 12, sparsity: 2}
+model: {depth: 2}
+init: {alpha: [0.01, 0.1]}
+methods: {gd: {eta: 0.05}, wn: {eta: 0.05, eta_ratio: 0.1}}
+train: {max_iters: 100}
+"""
+NO_SCHEDULE_0_3 = ("1457981c676f02bfed15c585ecbc21f139897772587c0dd8ffd46aaa33655531",
+                   "9210d5d0134aa7549e511117d59b5b1c4d191d230db1ec924915d090046128bf")
+
+
+def test_the_wn_schedule_is_required_and_constant_keeps_what_files_without_it_meant():
+    with pytest.raises(SpecError) as err:
+        parse_spec(NO_SCHEDULE)
+    assert err.value.field == "methods.wn.schedule"
+    assert "normalized is stable at every alpha" in err.value.message
+    spec = parse_spec(NO_SCHEDULE.replace("eta_ratio: 0.1}", "eta_ratio: 0.1, schedule: constant}"))
+    ids = sorted(r.run_id for r in make_plan(spec).runs)
+    assert (spec.spec_hash, hashlib.sha256("\n".join(ids).encode()).hexdigest()) == NO_SCHEDULE_0_3

@@ -28,8 +28,12 @@ PARAMS = (
     Param("L", "model", "depth", "int", "the depth L", ge=2, engine="depth", slot=35),
     Param("eta_ratio", "methods", "eta_ratio", "float", "WN-GD's learning-rate ratio eta_r / eta_u",
           default=1.0, gt=0, methods=("wn",), engine="eta_ratio", slot=65),
-    Param("schedule", "methods", "schedule", "str", "WN-GD's step schedule", default="constant",
-          choices=SCHEDULES, methods=("wn",), engine="schedule", slot=66),
+    # Required since wnsweep 0.4: its former default, constant, is unstable at small alpha
+    # (docs/MODEL.md), and a new default would silently change what an existing file means.
+    Param("schedule", "methods", "schedule", "str", "WN-GD's step schedule",
+          choices=SCHEDULES, methods=("wn",), engine="schedule", slot=66,
+          hint="normalized is stable at every alpha; constant (the default before wnsweep 0.4, "
+          "unstable at small alpha) keeps the run ids of sweep files written without the key"),
 )
 
 

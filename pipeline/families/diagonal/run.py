@@ -86,10 +86,11 @@ def engine_calls(instances: list[InstanceKey],
 
 def engine_config(inst: InstanceKey, run: Run) -> dynamics.RunConfig:
     """The engine settings of a run: its method, the model's sign, and every run parameter that
-    names an ``engine`` field (the parameter's default where the run's method lacks it: GD's
-    ``eta_ratio`` and ``schedule`` are unused)."""
-    settings = {p.engine: p.default if run.params[p.name] is None else run.params[p.name]
-                for p in RUN_PARAMS if p.engine is not None and p.applies_to_family("diagonal")}
+    names an ``engine`` field and has a value (a WN-GD parameter is null for a GD run: the
+    engine's own default stands in, unused)."""
+    settings = {p.engine: run.params[p.name] for p in RUN_PARAMS
+                if p.engine is not None and p.applies_to_family("diagonal")
+                and run.params[p.name] is not None}
     return dynamics.RunConfig(method=run.method, signed=is_signed(inst), **settings)
 
 
