@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ import numpy as np
 import yaml
 
 from pipeline import axes as axes_module
+from pipeline.axes import describe, fmt_value
 from pipeline import families as family_registry
 from pipeline.families.diagonal import problems  # the instance-file reader (problem.file)
 from pipeline.parameters import (
@@ -79,7 +79,6 @@ from pipeline.parameters import (
 __all__ = ["SpecError", "ProblemSpec", "MethodSpec", "SweepSpec", "load_spec", "parse_spec"]
 
 _NAME_RE = re.compile(r"[a-z0-9._-]+")
-_MAX_AXIS = 100_000  # a logspace/linspace longer than this is surely a typo
 _TOP_KEYS = ("name", "description", "seed", "trials", "problem", "model", "init", "methods",
              "train", "reference", "output")
 
@@ -231,24 +230,6 @@ def _load_yaml(text: str, source: str) -> Any:
 
 # ---------------------------------------------------------------------------------------- values
 
-def _describe(v: Any) -> str:
-    """How a wrong value reads in a message: ``string 'abc'``, ``boolean true``, ``a list``..."""
-    if isinstance(v, bool):
-        return f"boolean {str(v).lower()}"
-    if isinstance(v, str):
-        return f"string {v!r}"
-    if v is None:
-        return "nothing (null)"
-    if isinstance(v, (list, dict)):
-        kind = "list" if isinstance(v, list) else "mapping"
-        return f"a {kind}" if v else f"an empty {kind}"
-    return repr(v)
-
-
-def _fmt(v: Any) -> str:
-    return repr(v) if isinstance(v, str) else str(v)
-
-
 class _Validator:
     """The checks; holds the source name (for messages) and the folder problem files resolve in."""
 
@@ -268,7 +249,7 @@ class _Validator:
             return {}
         if not isinstance(raw, dict):
             raise self.fail(path, f"must be a mapping with keys {', '.join(allowed)}; "
-                            f"got {_describe(raw)}")
+                            f"got {describe(raw)}")
         self.known_keys(raw, allowed, path, hint)
         return raw
 
@@ -285,101 +266,19 @@ class _Validator:
             raise self.fail(path, f"required: {what}")
         return mapping[key]
 
-    # -- numbers
-    def number(self, v: Any, field: str, integer: bool) -> int | float:
-        """A finite int or float, never a bool or string. With ``integer``, an integral float
-        becomes an int."""
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise self.fail(field, f"expected {'an integer' if integer else 'a number'}, "
-                            f"got {_describe(v)}")
-        if isinstance(v, int) and integer:
-            return v
-        try:
-            x = float(v)
-        except OverflowError:  # an int beyond the float range
-            x = math.inf if v > 0 else -math.inf
-        if not math.isfinite(x):
-            raise self.fail(field, f"values must be finite, got {x}")
-        if not integer:
-            return x + 0.0  # + 0.0 turns -0.0 into 0.0: one canonical form
-        if v == round(v):
-            return int(round(v))
-        raise self.fail(field, f"expected an integer, got {v}")
-
+    # -- values and axes: the grammar is pipeline.axes'; its errors name this file
     def scalar_int(self, v: Any, field: str, minimum: int) -> int:
-        """A single integer >= minimum (not an axis)."""
-        if isinstance(v, (list, dict)):
-            raise self.fail(field, f"must be a single integer >= {minimum}, not an axis")
-        n = self.number(v, field, integer=True)
-        if n < minimum:
-            raise self.fail(field, f"must be an integer >= {minimum}, got {n}")
-        return n
+        try:
+            return axes_module.scalar_int(v, field, minimum)
+        except axes_module.AxisError as e:
+            raise self.fail(e.field, e.message) from None
 
-    # -- axes
     def axis(self, raw: Any, field: str, kind: str, choices: tuple[str, ...] = (),
              gt: float | None = None, ge: float | None = None) -> tuple:
-        """Expand an axis of ``kind`` 'int' | 'float' | 'str' into a tuple of plain values.
-
-        Forms: a scalar, a list, ``{values: [...]}``, ``{logspace: [lo_exp, hi_exp, n]}``,
-        ``{linspace: [lo, hi, n]}``. Rejects an empty axis, duplicate values, wrong types,
-        non-finite numbers, words not in ``choices`` and numbers not ``> gt`` / ``>= ge``.
-        """
-        if isinstance(raw, dict):
-            form = next(iter(raw)) if len(raw) == 1 else None
-            if form not in ("values", "logspace", "linspace"):
-                raise self.fail(field, "an axis mapping takes exactly one key: values, logspace or "
-                                f"linspace; got {', '.join(map(str, raw)) or 'none'}")
-            arg = raw[form]
-            if form == "values" and not isinstance(arg, list):
-                raise self.fail(field, f"values: expected a list, got {_describe(arg)}")
-            if form != "values" and kind == "str":
-                raise self.fail(field, f"{form} makes numbers; allowed: {', '.join(choices)}")
-            items = arg if form == "values" else self.space(form, arg, field)
-        elif raw is None:
-            raise self.fail(field, "empty value; give a value, a list or "
-                            "{values|logspace|linspace: ...}")
-        else:
-            items = raw if isinstance(raw, list) else [raw]
-        if not items:
-            raise self.fail(field, "empty axis; give at least one value")
-
-        out: list = []
-        for v in items:
-            if kind == "str":
-                if not isinstance(v, str) or v not in choices:
-                    raise self.fail(field, f"must be one of {', '.join(choices)}; "
-                                    f"got {_describe(v)}")
-            else:
-                v = self.number(v, field, integer=(kind == "int"))
-            if identity_value(v) in {identity_value(u) for u in out}:
-                raise self.fail(field, f"duplicate value {_fmt(v)} in the axis (equal to "
-                                "12 significant digits, the precision of run ids: it would "
-                                "repeat runs)")
-            out.append(v)
-        for v in out:
-            if (gt is not None and not v > gt) or (ge is not None and not v >= ge):
-                rule = f"> {gt}" if gt is not None else f">= {ge}"
-                raise self.fail(field, f"values must be {rule}, got {v}")
-        return tuple(out)
-
-    def space(self, form: str, arg: Any, field: str) -> list[float]:
-        """``[lo, hi, n]`` -> n floats: numpy.logspace's (exponents) or numpy.linspace's grid,
-        computed so that every machine gets the same bits (``pipeline.axes``)."""
-        usage = f"{form}: expected [{'lo_exp, hi_exp' if form == 'logspace' else 'lo, hi'}, n]"
-        if not isinstance(arg, list) or len(arg) != 3:
-            got = arg if isinstance(arg, list) else _describe(arg)
-            raise self.fail(field, f"{usage}, got {got}")
         try:
-            lo, hi = (self.number(x, field, integer=False) for x in arg[:2])
-        except SpecError as e:
-            raise self.fail(field, f"{usage}: {e.message}") from None
-        n = arg[2]
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _MAX_AXIS:
-            raise self.fail(field, f"{usage} with an integer n in 1..{_MAX_AXIS}, "
-                            f"got n = {_fmt(n)}")
-        # the same bits on every machine (pipeline/axes.py); an overflow to inf is then
-        # reported as non-finite
-        return (axes_module.logspace if form == "logspace" else axes_module.linspace)(lo, hi, n)
+            return axes_module.parse_axis(raw, field, kind, choices, gt=gt, ge=ge)
+        except axes_module.AxisError as e:
+            raise self.fail(e.field, e.message) from None
 
     # -- parameters
     def param(self, p: Param, mapping: dict, method: str | None = None) -> tuple:
@@ -414,7 +313,7 @@ class _Validator:
             for v in values:
                 if not any(v in p.choices_for(f) for f in families):
                     takes = "; ".join(f"{f}: {', '.join(p.choices_for(f))}" for f in families)
-                    raise self.fail(field, f"{_fmt(v)} is not for this sweep's model.family "
+                    raise self.fail(field, f"{fmt_value(v)} is not for this sweep's model.family "
                                     f"({', '.join(families)}); allowed: {takes}")
             for f in families:
                 if not any(v in p.choices_for(f) for v in values):
@@ -488,7 +387,7 @@ class _Validator:
         for nonneg); returns (absolute path, sha256, (M, N), has x_star)."""
         field = "problem.file"
         if not isinstance(raw, str) or not raw.strip():
-            raise self.fail(field, f"expected a path to an .npz file, got {_describe(raw)}")
+            raise self.fail(field, f"expected a path to an .npz file, got {describe(raw)}")
         path = os.path.abspath(os.path.join(self.base_dir, os.path.expanduser(raw)))
         try:  # the tasks read the file with the same reader, so the messages are the same
             data = problems.read_instance_bytes(path)
@@ -515,7 +414,7 @@ class _Validator:
         raw = doc.get("methods")
         if not isinstance(raw, dict) or not raw:
             raise self.fail("methods", f"required: a mapping with at least one of "
-                            f"{', '.join(METHODS)}; got {_describe(raw)}")
+                            f"{', '.join(METHODS)}; got {describe(raw)}")
         out = []
         for name in raw:
             if name not in METHOD_KEYS:
@@ -546,7 +445,7 @@ def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None)
     v = _Validator(source, os.path.abspath(base_dir if base_dir is not None else os.getcwd()))
     doc = _load_yaml(text, source)
     if not isinstance(doc, dict):
-        got = _describe(doc) if doc is not None else "an empty document"
+        got = describe(doc) if doc is not None else "an empty document"
         raise v.fail("<yaml>", f"the top level must be a mapping with keys {', '.join(_TOP_KEYS)}; "
                      f"got {got}")
     v.known_keys(doc, _TOP_KEYS, "")
@@ -554,10 +453,10 @@ def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None)
     name = v.required(doc, "name", "the sweep's name, matching [a-z0-9._-]+")
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or set(name) == {"."}:
         raise v.fail("name", "must match [a-z0-9._-]+ (lowercase letters, digits, '.', '_', '-'); "
-                     f"got {_describe(name)}")
+                     f"got {describe(name)}")
     description = doc.get("description", "")
     if not isinstance(description, str):
-        raise v.fail("description", f"expected a string, got {_describe(description)}")
+        raise v.fail("description", f"expected a string, got {describe(description)}")
     seed = v.scalar_int(doc.get("seed", 0), "seed", 0)
     trials = v.scalar_int(doc.get("trials", 1), "trials", 1)
     families = v.read_families(doc)
@@ -573,12 +472,12 @@ def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None)
 
     installed = sorted(cvxpy.installed_solvers())
     if not isinstance(solver, str) or solver.upper() not in installed:
-        raise v.fail("reference.solver", f"unknown solver {_fmt(solver)}; installed: "
+        raise v.fail("reference.solver", f"unknown solver {fmt_value(solver)}; installed: "
                      f"{', '.join(installed)}")
     solver = solver.upper()  # cvxpy's own spelling, so "highs" and "HIGHS" hash the same
     save = v.section(doc, "output", ("save_solutions",)).get("save_solutions", False)
     if not isinstance(save, bool):
-        raise v.fail("output.save_solutions", f"expected true or false, got {_describe(save)}")
+        raise v.fail("output.save_solutions", f"expected true or false, got {describe(save)}")
 
     by_family = {f: {**{name: v.family_values(BY_NAME[name], values, f)
                         for name, values in axes.items()}, "family": (f,)} for f in families}
