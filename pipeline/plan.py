@@ -11,13 +11,14 @@ values are computed to the same bits on every machine (``pipeline.axes``), so th
 yields the same ids on any machine, in any order; the rounding also keeps valid the ids of folders
 written before that from numpy's machine-dependent logspace.
 
-Seeds. Each instance's seed comes from numpy's SeedSequence(master seed, spawn_key = instance
-parameters and trial); the instance's A, x* and its random init direction derive from that seed
-alone, never from execution order or worker identity.
+Seeds. Each instance's seed comes from numpy's SeedSequence(master seed, spawn_key = its
+family's key of its parameters and trial, ``Family.spawn_key``); the instance's arrays and its
+random initial weights derive from that seed alone, never from execution order or worker identity.
 
-Tasks. A task holds whole instances (one basis-pursuit solve per instance; the engine stacks the
-runs of all its instances of one shape) and is sized by a cost model to take seconds to about a
-minute. Its id hashes its run_ids, so a shard's name says which runs it holds.
+Tasks. A task holds whole instances (a family's per-instance work, such as a basis-pursuit solve,
+is done once; its engine batches the runs of the instances it is given) and is sized by the
+families' cost models (``Family.cost``) to take seconds to about a minute. Its id hashes its
+run_ids, so a shard's name says which runs it holds. The planner knows no family by name.
 
 Two planners, one result. ``make_plan`` expands every run (tests, analysis, small sweeps);
 ``lazy_tasks`` (what ``wnsweep plan`` and ``wnsweep run`` use) gives the same tasks as
