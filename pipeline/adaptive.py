@@ -73,6 +73,7 @@ They are not rounded to 12 significant digits: the run uses the float itself, it
 from __future__ import annotations
 
 import decimal
+import functools
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -206,7 +207,13 @@ def cell_interval(successes: int, trials: int, spec: AdaptiveSpec) -> tuple[floa
         raise ValueError(f"need 0 <= successes <= trials, got {x}, {n}")
     if n == 0:
         return 0.0, 1.0
-    e = (1.0 - spec.confidence) / looks(spec.trials_start, spec.trials_max)
+    return _clopper_pearson(x, n, (1.0 - spec.confidence) / looks(spec.trials_start,
+                                                                  spec.trials_max))
+
+
+@functools.lru_cache(maxsize=65536)
+def _clopper_pearson(x: int, n: int, e: float) -> tuple[float, float]:
+    """Two-sided Clopper-Pearson interval at error ``e`` for ``x`` successes in ``n``."""
     low = 0.0 if x == 0 else float(stats.beta.ppf(e / 2, x, n - x + 1))
     high = 1.0 if x == n else float(stats.beta.ppf(1 - e / 2, x + 1, n - x))
     return low, high
