@@ -47,6 +47,7 @@ plain PyYAML would otherwise read as a string.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -57,6 +58,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipeline import adaptive
 from pipeline import axes as axes_module
 from pipeline.axes import describe, fmt_value
 from pipeline import families as family_registry
@@ -80,7 +82,10 @@ __all__ = ["SpecError", "ProblemSpec", "MethodSpec", "SweepSpec", "load_spec", "
 
 _NAME_RE = re.compile(r"[a-z0-9._-]+")
 _TOP_KEYS = ("name", "description", "seed", "trials", "problem", "model", "init", "methods",
-             "train", "reference", "output")
+             "train", "reference", "output", "adaptive")
+_ADAPTIVE_KEYS = ("success", "level", "along", "across", "trials", "confidence", "refine")
+#: The result columns every family's runs have that a success criterion may use.
+_COMMON_NUMERIC = ("loss_final", "iterations", "error_truth")
 
 
 class SpecError(ValueError):
@@ -144,6 +149,7 @@ class SweepSpec:
     canonical_json: str
     spec_hash: str
     by_family: dict[str, dict[str, tuple]] = field(default_factory=dict)
+    adaptive: adaptive.AdaptiveSpec | None = None  # the adaptive: section (pipeline.rounds)
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -478,6 +484,12 @@ def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None)
     save = v.section(doc, "output", ("save_solutions",)).get("save_solutions", False)
     if not isinstance(save, bool):
         raise v.fail("output.save_solutions", f"expected true or false, got {describe(save)}")
+    adaptive_spec = _adaptive(v, doc, axes, methods, families)
+    if adaptive_spec is not None:
+        if "trials" in doc:
+            raise v.fail("trials", "an adaptive sweep gives its trials as adaptive.trials: "
+                         "{start, max}; remove the top-level trials")
+        trials = adaptive_spec.trials_max
 
     by_family = {f: {**{name: v.family_values(BY_NAME[name], values, f)
                         for name, values in axes.items()}, "family": (f,)} for f in families}
@@ -490,6 +502,8 @@ def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None)
         **_canonical_axes(problem, axes, methods, omit=per_family),
         "reference": {"solver": solver},
         "output": {"save_solutions": save},
+        # absent unless given: the hash of every other sweep is unchanged
+        **({"adaptive": dataclasses.asdict(adaptive_spec)} if adaptive_spec else {}),
     }
     canonical_json = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return SweepSpec(
@@ -497,8 +511,76 @@ def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None)
         axes=axes, methods=methods, reference_solver=solver, save_solutions=save, source=source,
         text=text, canonical_json=canonical_json,
         spec_hash=hashlib.sha256(canonical_json.encode()).hexdigest(),
-        by_family=by_family,
+        by_family=by_family, adaptive=adaptive_spec,
     )
+
+
+def _adaptive(v: _Validator, doc: dict, axes: dict[str, tuple], methods: tuple[MethodSpec, ...],
+              families: tuple[str, ...]) -> adaptive.AdaptiveSpec | None:
+    """The ``adaptive:`` section (docs/SWEEP_FILES.md, "Adaptive sweeps"), or None."""
+    if "adaptive" not in doc:
+        return None
+    raw = v.section(doc, "adaptive", _ADAPTIVE_KEYS)
+    success = raw.get("success")
+    if not isinstance(success, dict):
+        raise v.fail("adaptive.success", "required: {column: <result column>, at_most: <number>} "
+                     f"(or at_least); got {describe(success)}")
+    v.known_keys(success, ("column", "at_most", "at_least"), "adaptive.success")
+    trials = raw.get("trials", {"start": 8, "max": 64})
+    if not isinstance(trials, dict):
+        raise v.fail("adaptive.trials", f"expected {{start, max}}, got {describe(trials)}")
+    v.known_keys(trials, ("start", "max"), "adaptive.trials")
+
+    def number(value: Any, field: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise v.fail(field, f"expected a number, got {describe(value)}")
+        return float(value)
+
+    def integer(value: Any, field: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise v.fail(field, f"expected an integer, got {describe(value)}")
+        return value
+
+    def word(value: Any, field: str) -> str:
+        if not isinstance(value, str):
+            raise v.fail(field, f"expected a parameter name, got {describe(value)}")
+        return value
+
+    section = adaptive.AdaptiveSpec(
+        success_column=word(success.get("column"), "adaptive.success.column"),
+        at_most=None if "at_most" not in success else number(success["at_most"],
+                                                             "adaptive.success.at_most"),
+        at_least=None if "at_least" not in success else number(success["at_least"],
+                                                               "adaptive.success.at_least"),
+        level=number(raw.get("level", 0.5), "adaptive.level"),
+        along=word(v.required(raw, "adaptive.along", "the axis along which the crossing is "
+                              "located (alpha, ...)"), "adaptive.along"),
+        across=None if raw.get("across") is None else word(raw["across"], "adaptive.across"),
+        trials_start=integer(trials.get("start", 8), "adaptive.trials.start"),
+        trials_max=integer(trials.get("max", 64), "adaptive.trials.max"),
+        confidence=number(raw.get("confidence", 0.95), "adaptive.confidence"),
+        refine=integer(raw.get("refine", 3), "adaptive.refine"))
+    values: dict[str, set] = {}
+    for name, vals in axes.items():
+        values.setdefault(name, set()).update(x for x in vals if x is not None)
+    for method in methods:
+        for name, vals in method.axes.items():
+            values.setdefault(name, set()).update(x for x in vals if x is not None)
+    swept = {name: tuple(vals) for name, vals in values.items() if len(vals) > 1}
+    for name in (section.along, section.across):
+        if name is not None and name in values and len(values[name]) == 1:
+            swept[name] = tuple(values[name])  # adaptive.validate names it: one value
+    numeric = {*_COMMON_NUMERIC, *(c for f in families
+                                   for c, kind in family_registry.family(f).run_columns
+                                   if kind in ("int", "float"))}
+    problems_found = adaptive.validate(section, sorted(numeric), swept)
+    if problems_found:
+        raise v.fail(*problems_found[0])
+    for name in (section.along, section.across):
+        if name is not None and BY_NAME[name].kind == "str":
+            raise v.fail("adaptive.along" if name == section.along else "adaptive.across",
+                         f"{name} takes words; the contour needs a numeric axis")
+    return section
 
 
 def _canonical_axes(problem: ProblemSpec, axes: dict[str, tuple],
