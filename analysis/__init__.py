@@ -4,18 +4,21 @@
     runs = analysis.load("results/fig1-alpha")     # one row per run, instances joined in
     stats = analysis.cell_stats(runs)              # per grid cell, over trials
     ratios = analysis.paired_ratios(runs)          # per WN run: error(GD) / error(WN-GD)
+    crossings = analysis.contours(runs)            # the success contour per column, with CIs
     analysis.write_report("results/fig1-alpha")    # figures + tables + index.html
 
 ``analysis.plots`` and ``analysis.report`` import matplotlib lazily (only when used).
 """
 
 from analysis.aggregate import cell_stats, paired_ratios, ratio_stats, summary_table
+from analysis.contours import contours
 from analysis.load import ResultsNotFoundError, ShardError, load, load_provenance
 
 __all__ = [
     "ResultsNotFoundError",
     "ShardError",
     "cell_stats",
+    "contours",
     "load",
     "load_provenance",
     "paired_ratios",

@@ -327,11 +327,20 @@ def _outward(f, c0: float, f0: float, step: float) -> float:
     return math.copysign(math.inf, step)
 
 
-def contours(runs: pd.DataFrame, along: str = "alpha", across: str | None = "s",
-             success: dict | None = None, level: float = 0.5, confidence: float = 0.95,
-             log: bool | None = None, cell_keys: Sequence[str] | None = None,
-             direction: str | None = None, cluster: str | None = "trial") -> pd.DataFrame:
+_STORED = object()  # an argument left to the stored spec
+
+
+def contours(runs: pd.DataFrame, along: str | None = None, across: Any = _STORED,
+             success: dict | None = None, level: float | None = None,
+             confidence: float | None = None, log: bool | None = None,
+             cell_keys: Sequence[str] | None = None, direction: str | None = None,
+             cluster: str | None = "trial") -> pd.DataFrame:
     """One row per slice and value of ``across``: the crossing of ``level`` along ``along``.
+
+    Arguments not given come from the adaptive section of the sweep the runs were loaded from
+    (``runs.attrs["adaptive"]``, set by ``analysis.load``), else: ``along="alpha"``,
+    ``across="s"``, ``success={"column": "rel_error_l1", "at_most": 1e-2}``, ``level=0.5``,
+    ``confidence=0.95``.
 
     ``runs``: one row per run (``analysis.load``), with ``along``, ``across`` (if given),
     ``status`` and ``success["column"]``. ``success``: ``{"column": ..., "at_most": ...}`` or
@@ -347,7 +356,15 @@ def contours(runs: pd.DataFrame, along: str = "alpha", across: str | None = "s",
     Returns columns: the slice columns, ``across``, ``n_runs``, ``n_success``, ``crossing``,
     ``crossing_low``, ``crossing_high`` (in ``along``'s units), ``slope`` (per unit of the
     fitted x: per decade on a log axis), ``fit_p``, ``deff``, ``log``, ``reason``."""
-    success = success or {"column": "rel_error_l1", "at_most": 1e-2}
+    stored = runs.attrs.get("adaptive") or {}
+    along = along or stored.get("along", "alpha")
+    across = stored.get("across", "s") if across is _STORED else across
+    if success is None:
+        success = ({"column": stored["success_column"], "at_most": stored.get("at_most"),
+                    "at_least": stored.get("at_least")} if stored
+                   else {"column": "rel_error_l1", "at_most": 1e-2})
+    level = level if level is not None else stored.get("level", 0.5)
+    confidence = confidence if confidence is not None else stored.get("confidence", 0.95)
     keys = [k for k in (cell_keys if cell_keys is not None else DEFAULT_CELL_KEYS)
             if k in runs.columns and k not in (along, across)
             and runs[k].nunique(dropna=False) > 1]

@@ -142,8 +142,18 @@ def load(
         "source": folder.uri,
         "skipped_shards": skipped,
         "spec_hashes": sorted(set().union(*(s.spec_hashes for s in done))),
+        "adaptive": _stored_adaptive(folder),
     }
     return df
+
+
+def _stored_adaptive(folder: ResultsFolder) -> dict | None:
+    """The adaptive section of the stored spec (``analysis.contours``' defaults), if any."""
+    try:
+        manifest = folder.manifest() or {}
+    except (OSError, ValueError, StoreError, pa.ArrowException):
+        return None
+    return (manifest.get("spec") or {}).get("adaptive")
 
 
 def load_provenance(path_or_uri: str | os.PathLike) -> dict[str, Any]:
