@@ -25,18 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder or URI (default results/<name>)")
     p.add_argument("--max-runs", type=int, help="refuse a sweep of more runs (default 100 "
                    "million); counted before anything is planned")
+    _executor_options(p, "the tasks are counted for")
 
     r = sub.add_parser("run", help="run (or resume) a sweep")
     r.add_argument("sweep", help="sweep file (YAML)")
     r.add_argument("--out", help="output folder or URI, e.g. s3://bucket/prefix "
                    "(default results/<name>)")
-    r.add_argument("--executor", choices=("ray", "serial"), default="ray",
-                   help="ray (default): Ray tasks; serial: in this process, no Ray")
-    r.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: "
-                   "RAY_ADDRESS if set, else a new local Ray instance)")
-    r.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray instance (default: all)")
-    r.add_argument("--task-seconds", type=float, default=20.0,
-                   help="estimated work per task (default 20 s)")
+    _executor_options(r, "to run on")
     r.add_argument("--max-runs", type=int, help="refuse a sweep of more runs (default 100 "
                    "million); counted before anything is planned or written")
     r.add_argument("--force", action="store_true",
@@ -55,6 +50,19 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--threshold", type=float, default=1e-3,
                      help="recovery threshold on rel_error_l1 (default 1e-3)")
     return parser
+
+
+def _executor_options(p: argparse.ArgumentParser, what: str) -> None:
+    """The options that decide how a sweep is cut into tasks: `plan` and `run` take the same."""
+    p.add_argument("--executor", choices=("ray", "serial"), default="ray",
+                   help="ray (default): Ray tasks, at least 8 per CPU; serial: in this process, "
+                   "no Ray")
+    p.add_argument("--address", help=f"Ray cluster {what}: auto or HOST:PORT (default: "
+                   "RAY_ADDRESS if set, else a new local Ray instance)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray instance (default: all "
+                   "that Ray detects)")
+    p.add_argument("--task-seconds", type=float, default=20.0,
+                   help="estimated work per task (default 20 s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,13 +94,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("wnsweep: error: --max-runs must be >= 1", file=sys.stderr)
         return 2
     max_runs = max_runs or sweep.MAX_RUNS
-    if args.command == "plan":
-        print(sweep.plan_text(args.sweep, args.out, max_runs=max_runs))
-        return 0
-    if args.command == "run":
+    if args.command in ("plan", "run"):
         if args.task_seconds <= 0:
             print("wnsweep: error: --task-seconds must be > 0", file=sys.stderr)
             return 2
+        if args.num_cpus is not None and args.num_cpus < 1:
+            print("wnsweep: error: --num-cpus must be >= 1", file=sys.stderr)
+            return 2
+    if args.command == "plan":
+        print(sweep.plan_text(args.sweep, args.out, max_runs=max_runs, executor=args.executor,
+                              address=args.address, num_cpus=args.num_cpus,
+                              task_seconds=args.task_seconds))
+        return 0
+    if args.command == "run":
         if not args.verbose and args.executor == "serial":  # solves in this process
             from pipeline.reference import silence_highs_banner
 

@@ -343,6 +343,34 @@ def cluster_cpus() -> int:
     return max(int(ray.cluster_resources().get("CPU", 1)), 1)
 
 
+def local_cpus(num_cpus: int | None = None) -> int:
+    """The CPUs a new local Ray instance started by ``init_ray(None, num_cpus)`` gets, without
+    starting it: ``num_cpus``, else what Ray detects on this machine, by the function Ray's
+    resource spec calls for ``ray.init(num_cpus=None)`` (cgroup quotas included)."""
+    if num_cpus is not None:
+        return max(int(num_cpus), 1)
+    from ray._private import utils
+
+    return max(int(utils.get_num_cpus()), 1)
+
+
+def planned_cpus(address: str | None, num_cpus: int | None = None, verbose: bool = False
+                 ) -> int:
+    """The CPUs ``wnsweep run`` with these options will count its tasks for: a cluster's
+    (``address`` or RAY_ADDRESS: connected to and read, then disconnected), else a new local
+    instance's (``local_cpus``, nothing started). ConnectionError as ``init_ray``."""
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        import ray
+
+        return cluster_cpus() if ray.is_initialized() else local_cpus(num_cpus)
+    started = init_ray(address, verbose=verbose)
+    try:
+        return cluster_cpus()
+    finally:
+        if started:
+            shutdown_ray()
+
+
 def shutdown_ray() -> None:
     import ray
 

@@ -92,18 +92,57 @@ def check_size(spec: SweepSpec, max_runs: int = MAX_RUNS) -> int:
         + " + ".join(parts) + "; reduce an axis or trials, or raise --max-runs")
 
 
-def plan_text(spec_path: str, out: str | None = None, max_runs: int = MAX_RUNS) -> str:
-    """What `wnsweep plan` prints, accounting for runs already stored in the output folder."""
+#: Tasks per CPU on Ray: at least this many (when the sweep has the instances), so that the last
+#: wave of tasks leaves little idle time.
+TASKS_PER_CPU = 8
+
+
+def min_tasks(executor: str, cpus: int) -> int:
+    """The fewest tasks a sweep is cut into (``lazy_tasks``'s ``min_tasks``), the one rule
+    `wnsweep plan` and `wnsweep run` share: 1 serially, ``TASKS_PER_CPU`` per CPU on Ray."""
+    return TASKS_PER_CPU * cpus if executor == "ray" else 1
+
+
+def plan_text(spec_path: str, out: str | None = None, max_runs: int = MAX_RUNS,
+              executor: str = "ray", address: str | None = None, num_cpus: int | None = None,
+              task_seconds: float = TASK_SECONDS) -> str:
+    """What `wnsweep plan` prints, accounting for runs already stored in the output folder, with
+    the tasks `wnsweep run` with the same options makes: serially, or on Ray for the CPUs of the
+    cluster at ``address`` (connected to and read) or of a new local instance (``num_cpus``, else
+    what Ray detects here; nothing started)."""
     spec = load_spec(spec_path)
     check_size(spec, max_runs)
+    _check_executor(executor)
     out = out or default_out(spec)
+    cpus = executors.planned_cpus(address, num_cpus) if executor == "ray" else 1
     done = _stored_run_ids(out)
-    pending = Pending(lazy_tasks(spec), done)
+    floor = min_tasks(executor, cpus)
+    pending = Pending(lazy_tasks(spec, task_seconds=task_seconds, min_tasks=floor), done)
     tasks = list(pending)
     text = summarize_lazy(spec, tasks)
+    text += f"\ntasks:     {len(tasks)} ({_tasks_note(executor, cpus, len(tasks), floor, task_seconds)})"
     if len(done):
         text += f"\nstored:    {pending.already} runs already in {out}"
     return text
+
+
+def _tasks_note(executor: str, cpus: int, tasks: int, floor: int, task_seconds: float) -> str:
+    """Why `wnsweep plan` counts ``tasks`` tasks."""
+    if executor != "ray":
+        return f"serial: one after another, each at most ~{task_seconds:g} s of work"
+    per_cpu = f"{TASKS_PER_CPU} per CPU for {cpus} CPU{'s' if cpus > 1 else ''}, Ray"
+    if tasks == floor:
+        return per_cpu
+    if tasks > floor:
+        return f"at least {per_cpu}; each at most ~{task_seconds:g} s of work (--task-seconds)"
+    return (f"Ray, {cpus} CPU{'s' if cpus > 1 else ''}: {TASKS_PER_CPU} per CPU would be {floor}, "
+            "but these runs split no further (a task holds whole instances and is worth its "
+            "fixed cost)")
+
+
+def _check_executor(executor: str) -> None:
+    if executor not in ("serial", "ray"):
+        raise ValueError(f"unknown executor {executor!r}; allowed: serial, ray")
 
 
 class Pending:
@@ -146,8 +185,7 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
     spec = load_spec(spec_path)  # validation comes first: a bad file writes nothing
     planned = check_size(spec, max_runs)  # and the size, before anything is allocated
     out = out or default_out(spec)
-    if executor not in ("serial", "ray"):
-        raise ValueError(f"unknown executor {executor!r}; allowed: serial, ray")
+    _check_executor(executor)
     results = store.ResultsStore(out)
     started_ray = executor == "ray" and executors.init_ray(
         address, num_cpus=num_cpus, verbose=verbose)
@@ -157,9 +195,8 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
         results.clean_temporaries()
         inventory = results.inventory()
         results.quarantine(inventory.corrupt)
-        # at least eight tasks per CPU, so that the last wave leaves little idle time
-        min_tasks = 8 * executors.cluster_cpus() if executor == "ray" else 1
-        pending = Pending(lazy_tasks(spec, task_seconds=task_seconds, min_tasks=min_tasks),
+        floor = min_tasks(executor, executors.cluster_cpus() if executor == "ray" else 1)
+        pending = Pending(lazy_tasks(spec, task_seconds=task_seconds, min_tasks=floor),
                           inventory.run_ids)
         entry = {"started": store.now(), "executor": executor, "planned": planned,
                  "quarantined": [s.task_id for s in inventory.corrupt]}
