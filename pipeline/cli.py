@@ -1,8 +1,11 @@
 """``wnsweep plan | run | status | report`` (also ``python -m pipeline ...``).
 
 Exit status: 0 done; 1 some tasks failed (the rest is stored; rerun to retry them); 2 bad input
-(sweep file, output folder or arguments: one message, nothing written); 130 interrupted (finished
-shards are kept; rerun the same command to continue).
+(sweep file, output folder or arguments: one message, nothing written), an unreachable Ray
+cluster, or another `wnsweep run` holding the folder's driver lock; 3 the results folder could not
+be written (disk full, permission denied, an object store refusing a write: one message naming the
+folder and the cause; what was stored is kept, and rerunning the same command resumes); 130
+interrupted (finished shards are kept; rerun the same command to continue).
 """
 
 from __future__ import annotations
@@ -71,9 +74,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.folder import ResultsNotFoundError, StoreError
     from pipeline.spec import SpecError
+    from pipeline.store import StoreWriteError
 
     try:
         return _dispatch(args)
+    except StoreWriteError as exc:  # disk full, no permission, a store refusing: one line
+        print(f"wnsweep: {exc.message()}", file=sys.stderr)
+        return 3
     except (SpecError, StoreError, ResultsNotFoundError, ConnectionError) as exc:
         print(f"wnsweep: error: {exc}", file=sys.stderr)
         return 2

@@ -128,7 +128,10 @@ def _finish(result: TaskResult, out: Output | None) -> Completed:
         return Completed(result.task_id, rows, result)
     try:
         _store(out.uri).write_task(result.task_id, result.runs, result.instances)
-    except (OSError, pa.ArrowException) as exc:  # e.g. no credentials for the bucket here
+    except store.StoreWriteError as exc:  # e.g. no credentials for the bucket here (the
+        return Completed(result.task_id, rows, result,  # failed write left no temporary file)
+                         problem=f"{socket.gethostname()}: {exc.cause}")
+    except (OSError, pa.ArrowException) as exc:  # encoding the shard, or reaching the store
         return Completed(result.task_id, rows, result,
                          problem=f"{socket.gethostname()}: {type(exc).__name__}: {exc}")
     return Completed(result.task_id, rows)

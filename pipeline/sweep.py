@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from pipeline import executors, store
+from pipeline import executors, lock, store
 from pipeline.plan import (TASK_SECONDS, LazyTask, count_runs, lazy_tasks, run_count_factors,
                            summarize_lazy)
 from pipeline.spec import SpecError, SweepSpec, load_spec, parse_spec
@@ -169,6 +169,14 @@ class Pending:
                 yield task
 
 
+def _stored_count(results: store.ResultsStore) -> int | None:
+    """How many runs ``results`` holds (None when it cannot be read either)."""
+    try:
+        return len(results.inventory().run_ids)
+    except Exception:  # noqa: BLE001  (the write failure is the error to report)
+        return None
+
+
 def _stored_run_ids(out: str) -> store.RunIds:
     results = store.ResultsStore(out)
     return results.inventory().run_ids if results.exists() else store.RunIds()
@@ -180,32 +188,51 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
               verbose: bool = False, max_runs: int = MAX_RUNS) -> SweepOutcome:
     """Run (or resume) a sweep into ``out`` (default results/<name>); ``verbose`` lets Ray's
     logs and the workers' output through (``executors.init_ray``). Raises SpecError on a bad
-    sweep file (SweepTooLarge above ``max_runs`` runs), StoreError on an unusable output folder
-    and ConnectionError when the Ray cluster cannot be reached, before anything is written."""
+    sweep file (SweepTooLarge above ``max_runs`` runs), StoreError on an unusable output folder,
+    lock.LockHeld when another live driver runs on it (``pipeline.lock``: one driver per folder)
+    and ConnectionError when the Ray cluster cannot be reached, all before anything is written;
+    StoreWriteError when a write into the folder fails (disk full, permission, an object store
+    refusing it), with the runs stored so far counted and no temporary file left."""
     spec = load_spec(spec_path)  # validation comes first: a bad file writes nothing
     planned = check_size(spec, max_runs)  # and the size, before anything is allocated
     out = out or default_out(spec)
     _check_executor(executor)
     results = store.ResultsStore(out)
+    driver_lock = lock.DriverLock(results, verbose=verbose)
+    write_failed = False
+    driver_lock.check()  # a live driver there: refuse before starting Ray
     started_ray = executor == "ray" and executors.init_ray(
         address, num_cpus=num_cpus, verbose=verbose)
     try:
-        source = os.path.abspath(spec_path) if "://" not in spec_path else spec_path
-        manifest = results.prepare(spec, force=force, source=source)
-        results.clean_temporaries()
-        inventory = results.inventory()
-        results.quarantine(inventory.corrupt)
-        floor = min_tasks(executor, executors.cluster_cpus() if executor == "ray" else 1)
-        pending = Pending(lazy_tasks(spec, task_seconds=task_seconds, min_tasks=floor),
-                          inventory.run_ids)
-        entry = {"started": store.now(), "executor": executor, "planned": planned,
-                 "quarantined": [s.task_id for s in inventory.corrupt]}
-        todo = planned - min(len(inventory.run_ids), planned)  # the bar's total (an estimate)
-        computed, report, seconds = _execute(pending, todo, executor, results, manifest, entry,
-                                             spec.name, progress)
+        try:
+            driver_lock.acquire()  # one driver per folder, from the first write to the end
+            source = os.path.abspath(spec_path) if "://" not in spec_path else spec_path
+            manifest = results.prepare(spec, force=force, source=source)
+            results.clean_temporaries()
+            inventory = results.inventory()
+            results.quarantine(inventory.corrupt)
+            floor = min_tasks(executor, executors.cluster_cpus() if executor == "ray" else 1)
+            pending = Pending(lazy_tasks(spec, task_seconds=task_seconds, min_tasks=floor),
+                              inventory.run_ids)
+            entry = {"started": store.now(), "executor": executor, "planned": planned,
+                     "quarantined": [s.task_id for s in inventory.corrupt]}
+            todo = planned - min(len(inventory.run_ids), planned)  # the bar's total (estimate)
+            computed, report, seconds = _execute(pending, todo, executor, results, manifest,
+                                                 entry, spec.name, progress)
+        except store.StoreWriteError as exc:  # say how much is stored: the rerun resumes it
+            exc.planned, exc.stored = planned, _stored_count(results)
+            write_failed = True
+            raise
+        finally:
+            driver_lock.release()
     finally:
         if started_ray:
             executors.shutdown_ray()
+        if write_failed:  # a worker stopped mid-write (cancelled) may have left a .tmp- file
+            try:
+                results.clean_temporaries()
+            except Exception:  # noqa: BLE001  (the next run removes them)
+                pass
     return SweepOutcome(out=out, planned=planned, already=pending.already, computed=computed,
                         tasks=pending.tasks, failed=report.failed, seconds=seconds,
                         written_by_driver=report.written_by_driver,
