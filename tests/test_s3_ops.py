@@ -13,7 +13,10 @@ import pytest
 
 from pipeline import cli, lock
 from tests.test_lock import dead_pid
-from tests.test_s3 import BUCKET, _keys, s3, s3_endpoint  # noqa: F401  (fixtures)
+from tests import test_s3
+from tests.test_s3 import BUCKET, _keys
+
+s3_endpoint, s3 = test_s3.s3_endpoint, test_s3.s3  # the moto server and bucket fixtures
 
 pytestmark = pytest.mark.slow  # an S3 server (moto)
 
@@ -67,7 +70,7 @@ def test_s3_lock_is_written_while_running(s3, make_sweep):
     assert "driver.lock" not in _keys(client, "held")
 
 
-def test_s3_refusing_writes_is_exit_3_in_one_line(s3_endpoint, s3, make_sweep, capsys):
+def test_s3_refusing_writes_is_exit_3_in_one_line(s3, make_sweep, capsys):
     """A bucket that does not exist: the first write (the lock) is refused by the server."""
     _, uri = s3
     out = uri("x").replace(f"s3://{BUCKET}/", "s3://no-such-bucket-here/")
