@@ -1,8 +1,11 @@
 """``wnsweep plan | run | status | report`` (also ``python -m pipeline ...``).
 
 Exit status: 0 done; 1 some tasks failed (the rest is stored; rerun to retry them); 2 bad input
-(sweep file, output folder or arguments: one message, nothing written); 130 interrupted (finished
-shards are kept; rerun the same command to continue).
+(sweep file, output folder or arguments: one message, nothing written), an unreachable Ray
+cluster, or another `wnsweep run` holding the folder's driver lock; 3 the results folder could not
+be written (disk full, permission denied, an object store refusing a write: one message naming the
+folder and the cause; what was stored is kept, and rerunning the same command resumes); 130
+interrupted (finished shards are kept; rerun the same command to continue).
 """
 
 from __future__ import annotations
@@ -25,18 +28,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder or URI (default results/<name>)")
     p.add_argument("--max-runs", type=int, help="refuse a sweep of more runs (default 100 "
                    "million); counted before anything is planned")
+    _executor_options(p, "the tasks are counted for")
 
     r = sub.add_parser("run", help="run (or resume) a sweep")
     r.add_argument("sweep", help="sweep file (YAML)")
     r.add_argument("--out", help="output folder or URI, e.g. s3://bucket/prefix "
                    "(default results/<name>)")
-    r.add_argument("--executor", choices=("ray", "serial"), default="ray",
-                   help="ray (default): Ray tasks; serial: in this process, no Ray")
-    r.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: "
-                   "RAY_ADDRESS if set, else a new local Ray instance)")
-    r.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray instance (default: all)")
-    r.add_argument("--task-seconds", type=float, default=20.0,
-                   help="estimated work per task (default 20 s)")
+    _executor_options(r, "to run on")
     r.add_argument("--max-runs", type=int, help="refuse a sweep of more runs (default 100 "
                    "million); counted before anything is planned or written")
     r.add_argument("--force", action="store_true",
@@ -57,15 +55,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _executor_options(p: argparse.ArgumentParser, what: str) -> None:
+    """The options that decide how a sweep is cut into tasks: `plan` and `run` take the same."""
+    p.add_argument("--executor", choices=("ray", "serial"), default="ray",
+                   help="ray (default): Ray tasks, at least 8 per CPU; serial: in this process, "
+                   "no Ray")
+    p.add_argument("--address", help=f"Ray cluster {what}: auto or HOST:PORT (default: "
+                   "RAY_ADDRESS if set, else a new local Ray instance)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray instance (default: all "
+                   "that Ray detects)")
+    p.add_argument("--task-seconds", type=float, default=None,
+                   help="estimated work per task (default: pipeline.plan.TASK_SECONDS, 20 s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import pyarrow as pa
 
     from pipeline.results.folder import ResultsNotFoundError, StoreError
     from pipeline.spec import SpecError
+    from pipeline.results.store import StoreWriteError
 
     try:
         return _dispatch(args)
+    except StoreWriteError as exc:  # disk full, no permission, a store refusing: one line
+        print(f"wnsweep: {exc.message()}", file=sys.stderr)
+        return 3
     except (SpecError, StoreError, ResultsNotFoundError, ConnectionError) as exc:
         print(f"wnsweep: error: {exc}", file=sys.stderr)
         return 2
@@ -86,13 +101,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("wnsweep: error: --max-runs must be >= 1", file=sys.stderr)
         return 2
     max_runs = max_runs or sweep.MAX_RUNS
-    if args.command == "plan":
-        print(sweep.plan_text(args.sweep, args.out, max_runs=max_runs))
-        return 0
-    if args.command == "run":
-        if args.task_seconds <= 0:
+    if args.command in ("plan", "run"):
+        if args.task_seconds is not None and args.task_seconds <= 0:
             print("wnsweep: error: --task-seconds must be > 0", file=sys.stderr)
             return 2
+        if args.num_cpus is not None and args.num_cpus < 1:
+            print("wnsweep: error: --num-cpus must be >= 1", file=sys.stderr)
+            return 2
+    if args.command == "plan":
+        print(sweep.plan_text(args.sweep, args.out, max_runs=max_runs, executor=args.executor,
+                              address=args.address, num_cpus=args.num_cpus,
+                              task_seconds=args.task_seconds))
+        return 0
+    if args.command == "run":
         if not args.verbose and args.executor == "serial":  # solves in this process
             from pipeline.families.diagonal.reference import silence_highs_banner
 

@@ -128,7 +128,10 @@ def _finish(result: TaskResult, out: Output | None) -> Completed:
         return Completed(result.task_id, rows, result)
     try:
         _store(out.uri).write_task(result.task_id, result.runs, result.instances)
-    except (OSError, pa.ArrowException) as exc:  # e.g. no credentials for the bucket here
+    except store.StoreWriteError as exc:  # e.g. no credentials for the bucket here (the
+        return Completed(result.task_id, rows, result,  # failed write left no temporary file)
+                         problem=f"{socket.gethostname()}: {exc.cause}")
+    except (OSError, pa.ArrowException) as exc:  # encoding the shard, or reaching the store
         return Completed(result.task_id, rows, result,
                          problem=f"{socket.gethostname()}: {type(exc).__name__}: {exc}")
     return Completed(result.task_id, rows)
@@ -209,11 +212,20 @@ def _ray_task(task: Task | LazyTask, data: bytes | None, out: Output | None) -> 
 def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> bool:
     """Connect to Ray: an existing cluster (``address`` or RAY_ADDRESS), else a new local
     instance. Returns True when this call started Ray (and so should shut it down). Raises
-    ConnectionError when the cluster cannot be reached.
+    ConnectionError, one line naming the address and what to check, when the cluster cannot be
+    reached.
 
     Quiet unless ``verbose``: Ray's driver logging at error level and the workers' output left in
     their log files (``logging_level``, ``log_to_driver`` of ``ray.init``). A failing task still
-    reaches the user: Ray raises its traceback in the driver as the task's error."""
+    reaches the user: Ray raises its traceback in the driver as the task's error.
+
+    Joining a cluster (``_connect``): a cluster address is first probed with one TCP connection
+    (``GCS_PROBE_SECONDS``), so that a head that is down or a wrong port fails at once, without
+    Ray's GCS client retrying for minutes; then Ray connects with one attempt (its own retries cut
+    to one via RAY_gcs_server_port_wait_time_s, unless set), with the C++ client's warnings
+    (written to stderr by the core worker, not through Python's logging) kept out of the
+    terminal unless ``verbose``."""
+    origin = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local" and not verbose and "ray" not in sys.modules:
         # Ray (2.59+) turns token authentication on for a new local instance and warns that it
@@ -230,13 +242,101 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
               "logging_level": logging.INFO if verbose else logging.ERROR}
     if address == "local":
         kwargs["num_cpus"] = num_cpus
-    # the workers import this package from the installed distribution; on a cluster set
-    # up by cluster.yaml it is installed on every node
-    try:
+        # the workers import this package from the installed distribution; on a cluster set
+        # up by cluster.yaml it is installed on every node
         ray.init(address=address, **kwargs)
-    except ConnectionError as exc:
-        raise ConnectionError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
+        return True
+    _connect(address, origin, kwargs, verbose)
     return True
+
+
+#: How long the TCP probe of a cluster's address waits for the connection (a live head answers
+#: in milliseconds, a refused port at once).
+GCS_PROBE_SECONDS = 5.0
+
+
+def _unreachable(address: str, origin: str, cause: str, verbose: bool = False
+                 ) -> ConnectionError:
+    return ConnectionError(
+        f"cannot reach the Ray cluster at {address} ({origin}): {cause}; check that the cluster "
+        "is up (`ray status` on its head node), that the address and the GCS port (6379 by "
+        "default) are right, and that RAY_ADDRESS does not name another cluster"
+        + ("" if verbose else " (--verbose shows Ray's own messages)"))
+
+
+def _gcs_address(address: str) -> tuple[str, int] | None:
+    """The (host, port) Ray would dial for ``address`` (``auto``: the one it would find), None
+    when Ray is to find or refuse it by itself."""
+    from ray._private import services  # the resolution ray.init applies (localhost -> node IP)
+
+    try:
+        canonical = services.canonicalize_bootstrap_address(address)
+    except Exception:  # noqa: BLE001  (auto without a cluster, a malformed address: Ray says)
+        return None
+    if not canonical:
+        return None
+    host, _, port = canonical.rpartition(":")
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        return None
+
+
+def _probe(address: str, origin: str) -> None:
+    """One TCP connection to the GCS port; ConnectionError naming the address when it fails."""
+    target = _gcs_address(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=GCS_PROBE_SECONDS):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if isinstance(exc, TimeoutError) or reason == "timed out":
+            reason = f"no answer within {GCS_PROBE_SECONDS:g} s"
+        raise _unreachable(address, origin, reason.lower()) from None
+
+
+def _connect(address: str, origin: str, kwargs: dict, verbose: bool) -> None:
+    import ray
+
+    if not verbose:
+        _probe(address, origin)
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "1")  # one attempt, not 20
+    try:
+        with _stderr_to_file(enabled=not verbose):
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _unreachable(address, origin, first, verbose) from None
+
+
+class _stderr_to_file:
+    """Send file descriptor 2 to a temporary file (discarded) while the block runs, when
+    ``enabled``: Ray's C++ GCS client writes its warnings there, below Python's logging."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.saved: int | None = None
+
+    def __enter__(self):
+        if self.enabled:
+            import tempfile
+
+            sys.stderr.flush()
+            self.sink = tempfile.TemporaryFile()
+            self.saved = os.dup(2)
+            os.dup2(self.sink.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.saved is not None:
+            sys.stderr.flush()
+            os.dup2(self.saved, 2)
+            os.close(self.saved)
+            self.sink.close()
+            self.saved = None
+        return False
 
 
 def cluster_cpus() -> int:
@@ -244,6 +344,34 @@ def cluster_cpus() -> int:
     import ray
 
     return max(int(ray.cluster_resources().get("CPU", 1)), 1)
+
+
+def local_cpus(num_cpus: int | None = None) -> int:
+    """The CPUs a new local Ray instance started by ``init_ray(None, num_cpus)`` gets, without
+    starting it: ``num_cpus``, else what Ray detects on this machine, by the function Ray's
+    resource spec calls for ``ray.init(num_cpus=None)`` (cgroup quotas included)."""
+    if num_cpus is not None:
+        return max(int(num_cpus), 1)
+    from ray._private import utils
+
+    return max(int(utils.get_num_cpus()), 1)
+
+
+def planned_cpus(address: str | None, num_cpus: int | None = None, verbose: bool = False
+                 ) -> int:
+    """The CPUs ``wnsweep run`` with these options will count its tasks for: a cluster's
+    (``address`` or RAY_ADDRESS: connected to and read, then disconnected), else a new local
+    instance's (``local_cpus``, nothing started). ConnectionError as ``init_ray``."""
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        import ray
+
+        return cluster_cpus() if ray.is_initialized() else local_cpus(num_cpus)
+    started = init_ray(address, verbose=verbose)
+    try:
+        return cluster_cpus()
+    finally:
+        if started:
+            shutdown_ray()
 
 
 def shutdown_ray() -> None:

@@ -28,15 +28,9 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from pipeline import executors
-from pipeline.plan import (
-    TASK_SECONDS,
-    LazyTask,
-    count_runs,
-    lazy_tasks,
-    run_count_factors,
-    summarize_lazy,
-)
-from pipeline.results import store
+from pipeline.plan import (TASK_SECONDS, LazyTask, count_runs, lazy_tasks, run_count_factors,
+                           summarize_lazy)
+from pipeline.results import lock, store
 from pipeline.spec import SpecError, SweepSpec, load_spec, parse_spec
 
 #: The most runs a sweep may have unless ``max_runs`` (``--max-runs``) says otherwise.
@@ -99,18 +93,58 @@ def check_size(spec: SweepSpec, max_runs: int = MAX_RUNS) -> int:
         + " + ".join(parts) + "; reduce an axis or trials, or raise --max-runs")
 
 
-def plan_text(spec_path: str, out: str | None = None, max_runs: int = MAX_RUNS) -> str:
-    """What `wnsweep plan` prints, accounting for runs already stored in the output folder."""
+#: Tasks per CPU on Ray: at least this many (when the sweep has the instances), so that the last
+#: wave of tasks leaves little idle time.
+TASKS_PER_CPU = 8
+
+
+def min_tasks(executor: str, cpus: int) -> int:
+    """The fewest tasks a sweep is cut into (``lazy_tasks``'s ``min_tasks``), the one rule
+    `wnsweep plan` and `wnsweep run` share: 1 serially, ``TASKS_PER_CPU`` per CPU on Ray."""
+    return TASKS_PER_CPU * cpus if executor == "ray" else 1
+
+
+def plan_text(spec_path: str, out: str | None = None, max_runs: int = MAX_RUNS,
+              executor: str = "ray", address: str | None = None, num_cpus: int | None = None,
+              task_seconds: float | None = None) -> str:
+    """What `wnsweep plan` prints, accounting for runs already stored in the output folder, with
+    the tasks `wnsweep run` with the same options makes: serially, or on Ray for the CPUs of the
+    cluster at ``address`` (connected to and read) or of a new local instance (``num_cpus``, else
+    what Ray detects here; nothing started)."""
+    task_seconds = TASK_SECONDS if task_seconds is None else task_seconds
     spec = load_spec(spec_path)
     check_size(spec, max_runs)
+    _check_executor(executor)
     out = out or default_out(spec)
+    cpus = executors.planned_cpus(address, num_cpus) if executor == "ray" else 1
     done = _stored_run_ids(out)
-    pending = Pending(lazy_tasks(spec), done)
+    floor = min_tasks(executor, cpus)
+    pending = Pending(lazy_tasks(spec, task_seconds=task_seconds, min_tasks=floor), done)
     tasks = list(pending)
     text = summarize_lazy(spec, tasks)
+    text += f"\ntasks:     {len(tasks)} ({_tasks_note(executor, cpus, len(tasks), floor, task_seconds)})"
     if len(done):
         text += f"\nstored:    {pending.already} runs already in {out}"
     return text
+
+
+def _tasks_note(executor: str, cpus: int, tasks: int, floor: int, task_seconds: float) -> str:
+    """Why `wnsweep plan` counts ``tasks`` tasks."""
+    if executor != "ray":
+        return f"serial: one after another, each at most ~{task_seconds:g} s of work"
+    per_cpu = f"{TASKS_PER_CPU} per CPU for {cpus} CPU{'s' if cpus > 1 else ''}, Ray"
+    if tasks == floor:
+        return per_cpu
+    if tasks > floor:
+        return f"at least {per_cpu}; each at most ~{task_seconds:g} s of work (--task-seconds)"
+    return (f"Ray, {cpus} CPU{'s' if cpus > 1 else ''}: {TASKS_PER_CPU} per CPU would be {floor}, "
+            "but these runs split no further (a task holds whole instances and is worth its "
+            "fixed cost)")
+
+
+def _check_executor(executor: str) -> None:
+    if executor not in ("serial", "ray"):
+        raise ValueError(f"unknown executor {executor!r}; allowed: serial, ray")
 
 
 class Pending:
@@ -137,6 +171,14 @@ class Pending:
                 yield task
 
 
+def _stored_count(results: store.ResultsStore) -> int | None:
+    """How many runs ``results`` holds (None when it cannot be read either)."""
+    try:
+        return len(results.inventory().run_ids)
+    except Exception:  # noqa: BLE001  (the write failure is the error to report)
+        return None
+
+
 def _stored_run_ids(out: str) -> store.RunIds:
     results = store.ResultsStore(out)
     return results.inventory().run_ids if results.exists() else store.RunIds()
@@ -144,38 +186,56 @@ def _stored_run_ids(out: str) -> store.RunIds:
 
 def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
               address: str | None = None, force: bool = False, progress: bool | None = None,
-              num_cpus: int | None = None, task_seconds: float = TASK_SECONDS,
+              num_cpus: int | None = None, task_seconds: float | None = None,
               verbose: bool = False, max_runs: int = MAX_RUNS) -> SweepOutcome:
     """Run (or resume) a sweep into ``out`` (default results/<name>); ``verbose`` lets Ray's
     logs and the workers' output through (``executors.init_ray``). Raises SpecError on a bad
-    sweep file (SweepTooLarge above ``max_runs`` runs), StoreError on an unusable output folder
-    and ConnectionError when the Ray cluster cannot be reached, before anything is written."""
+    sweep file (SweepTooLarge above ``max_runs`` runs), StoreError on an unusable output folder,
+    lock.LockHeld when another live driver runs on it (``pipeline.results.lock``: one driver
+    per folder) and ConnectionError when the Ray cluster cannot be reached, all before anything is written;
+    StoreWriteError when a write into the folder fails (disk full, permission, an object store
+    refusing it), with the runs stored so far counted and no temporary file left."""
+    task_seconds = TASK_SECONDS if task_seconds is None else task_seconds
     spec = load_spec(spec_path)  # validation comes first: a bad file writes nothing
     planned = check_size(spec, max_runs)  # and the size, before anything is allocated
     out = out or default_out(spec)
-    if executor not in ("serial", "ray"):
-        raise ValueError(f"unknown executor {executor!r}; allowed: serial, ray")
+    _check_executor(executor)
     results = store.ResultsStore(out)
+    driver_lock = lock.DriverLock(results, verbose=verbose)
+    write_failed = False
+    driver_lock.check()  # a live driver there: refuse before starting Ray
     started_ray = executor == "ray" and executors.init_ray(
         address, num_cpus=num_cpus, verbose=verbose)
     try:
-        source = os.path.abspath(spec_path) if "://" not in spec_path else spec_path
-        manifest = results.prepare(spec, force=force, source=source)
-        results.clean_temporaries()
-        inventory = results.inventory()
-        results.quarantine(inventory.corrupt)
-        # at least eight tasks per CPU, so that the last wave leaves little idle time
-        min_tasks = 8 * executors.cluster_cpus() if executor == "ray" else 1
-        pending = Pending(lazy_tasks(spec, task_seconds=task_seconds, min_tasks=min_tasks),
-                          inventory.run_ids)
-        entry = {"started": store.now(), "executor": executor, "planned": planned,
-                 "quarantined": [s.task_id for s in inventory.corrupt]}
-        todo = planned - min(len(inventory.run_ids), planned)  # the bar's total (an estimate)
-        computed, report, seconds = _execute(pending, todo, executor, results, manifest, entry,
-                                             spec.name, progress)
+        try:
+            driver_lock.acquire()  # one driver per folder, from the first write to the end
+            source = os.path.abspath(spec_path) if "://" not in spec_path else spec_path
+            manifest = results.prepare(spec, force=force, source=source)
+            results.clean_temporaries()
+            inventory = results.inventory()
+            results.quarantine(inventory.corrupt)
+            floor = min_tasks(executor, executors.cluster_cpus() if executor == "ray" else 1)
+            pending = Pending(lazy_tasks(spec, task_seconds=task_seconds, min_tasks=floor),
+                              inventory.run_ids)
+            entry = {"started": store.now(), "executor": executor, "planned": planned,
+                     "quarantined": [s.task_id for s in inventory.corrupt]}
+            todo = planned - min(len(inventory.run_ids), planned)  # the bar's total (estimate)
+            computed, report, seconds = _execute(pending, todo, executor, results, manifest,
+                                                 entry, spec.name, progress)
+        except store.StoreWriteError as exc:  # say how much is stored: the rerun resumes it
+            exc.planned, exc.stored = planned, _stored_count(results)
+            write_failed = True
+            raise
+        finally:
+            driver_lock.release()
     finally:
         if started_ray:
             executors.shutdown_ray()
+        if write_failed:  # a worker stopped mid-write (cancelled) may have left a .tmp- file
+            try:
+                results.clean_temporaries()
+            except Exception:  # noqa: BLE001  (the next run removes them)
+                pass
     return SweepOutcome(out=out, planned=planned, already=pending.already, computed=computed,
                         tasks=pending.tasks, failed=report.failed, seconds=seconds,
                         written_by_driver=report.written_by_driver,

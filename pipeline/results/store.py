@@ -22,6 +22,7 @@ replaced whole.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -167,18 +168,37 @@ class ResultsStore(ResultsFolder):
         self._write_bytes(path, buffer.getvalue())
 
     def _write_bytes(self, path: str, data: bytes | pa.Buffer) -> None:
-        """Write a whole file atomically (see the module docstring)."""
-        self._ensure_dir(posixpath.dirname(path))
+        """Write a whole file atomically (see the module docstring). Any failure (a full disk,
+        no permission, an object store refusing the upload) removes the temporary file of the
+        write, when there is one, and raises StoreWriteError naming this folder and the cause."""
         target = self._temporary(path) if self.local else path
-        with self.fs.open_output_stream(target) as out:
-            out.write(data)
-        if target != path:
-            self.fs.move(target, path)
-        else:  # an object store: check that the object holds what was sent
-            stored = self.fs.get_file_info(path).size
-            if stored != len(data):
-                raise OSError(f"{path}: the object store holds {stored} bytes, {len(data)} "
-                              "were written")
+        try:
+            self._ensure_dir(posixpath.dirname(path))
+            with self.fs.open_output_stream(target) as out:
+                out.write(data)
+            if target != path:
+                self.fs.move(target, path)
+            else:  # an object store: check that the object holds what was sent
+                stored = self.fs.get_file_info(path).size
+                if stored != len(data):
+                    raise OSError(f"{path}: the object store holds {stored} bytes, {len(data)} "
+                                  "were written")
+        except (OSError, pa.ArrowException) as exc:
+            if target != path:
+                self._discard(target)
+            raise StoreWriteError(self.uri, path, exc) from exc
+        except BaseException:  # Ctrl-C mid-write: no temporary file left either
+            if target != path:
+                self._discard(target)
+            raise
+
+    def _discard(self, path: str) -> None:
+        """Delete ``path`` if it exists (the temporary file of a failed write), quietly."""
+        try:
+            if self.fs.get_file_info(path).type == pafs.FileType.File:
+                self.fs.delete_file(path)
+        except (OSError, pa.ArrowException):
+            pass
 
     @staticmethod
     def _temporary(path: str) -> str:
@@ -197,6 +217,42 @@ def equivalent_spec_hashes(manifest: dict | None, spec: SweepSpec) -> set[str]:
         if stored and stored != spec.spec_hash and spec.same_runs(manifest.get("spec") or {}):
             hashes.add(stored)
     return hashes
+
+
+class StoreWriteError(StoreError):
+    """A write into the results folder failed (disk full, permission denied, an object store
+    refusing it). ``folder``, ``path``, ``cause`` (one line), ``errno`` (None for an object
+    store); ``stored`` / ``planned`` runs are filled in by ``sweep.run_sweep`` when known.
+    `wnsweep run` reports it as one line (``message``) and exits with status 3."""
+
+    def __init__(self, folder: str, path: str, exc: BaseException):
+        self.folder, self.path = folder, path
+        self.errno = getattr(exc, "errno", None)
+        if self.errno:
+            self.cause = f"{os.strerror(self.errno)} (errno {self.errno})"
+        else:
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            self.cause = text if len(text) <= 300 else text[:297] + "..."
+        self.stored: int | None = None
+        self.planned: int | None = None
+        super().__init__(f"cannot write to {folder}: {self.cause}")
+
+    def message(self) -> str:
+        """The one line `wnsweep run` prints: the folder, the cause, what is stored, what to do."""
+        parts = [f"cannot write to {self.folder}: {self.cause}"]
+        if self.stored is not None and self.planned is not None:
+            parts.append(f"{self.stored} of {self.planned} runs are stored")
+        if self.errno == errno.ENOSPC or self.errno == errno.EDQUOT:
+            fix = "free space"
+        elif self.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = "fix the folder's permissions (or use another --out)"
+        elif self.errno:
+            fix = "fix the cause"
+        else:
+            fix = ("check that the bucket exists and that these credentials may write to the "
+                   "prefix")
+        parts.append(f"{fix}, then rerun the same command: it resumes")
+        return "; ".join(parts)
 
 
 def _incompatibility(manifest: dict, spec: SweepSpec) -> str:
