@@ -23,6 +23,7 @@ two files; a run is stored when a valid runs shard holds it, whoever wrote it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -60,6 +61,7 @@ class Completed:
     runs: int
     result: TaskResult | None = None
     problem: str = ""  # why the task could not write its shards, when it tried and failed
+    seconds: float = 0.0  # wall time of the task where it ran (computing and writing)
 
 
 @dataclass
@@ -71,12 +73,18 @@ class ExecutionReport:
     seconds: float = 0.0
     written_by_driver: int = 0  # completions handed back with their tables
     write_problem: str = ""  # the first reason a task could not write its own shards
+    busy_seconds: float = 0.0  # the tasks' own wall times, summed (CPU-seconds at one per task)
+
+    def utilization(self, cpus: int) -> float:
+        """The share of ``cpus`` x the run's wall time that tasks kept busy (1.0: no CPU idle)."""
+        return self.busy_seconds / (self.seconds * cpus) if self.seconds > 0 else float("nan")
 
     def fail(self, task: Task | LazyTask, exc: BaseException) -> None:
         self.failed.append((_task_id(task), f"{type(exc).__name__}: {exc}"))
 
     def count(self, done: Completed) -> None:
         self.completed += 1
+        self.busy_seconds += done.seconds
         if done.result is not None:
             self.written_by_driver += 1
         if done.problem and not self.write_problem:
@@ -192,7 +200,9 @@ def run_serial(tasks: Iterable[Task | LazyTask], on_result: Callable[[Completed]
     output = Output.of(out) if out is not None else None
     for task in tasks:
         try:
+            begun = time.perf_counter()
             done = _finish(run_task(_expanded(task), data, node=node), output)
+            done = dataclasses.replace(done, seconds=time.perf_counter() - begun)
         except Exception as exc:  # a bug or a bad instance: record it, go on with the others
             report.fail(task, exc)
             continue
@@ -205,8 +215,10 @@ def run_serial(tasks: Iterable[Task | LazyTask], on_result: Callable[[Completed]
 def _ray_task(task: Task | LazyTask, data: bytes | None, out: Output | None) -> Completed:
     import ray
 
+    begun = time.perf_counter()
     node = ray.get_runtime_context().get_node_id()[:12]
-    return _finish(run_task(_expanded(task), data, node=f"{socket.gethostname()}:{node}"), out)
+    done = _finish(run_task(_expanded(task), data, node=f"{socket.gethostname()}:{node}"), out)
+    return dataclasses.replace(done, seconds=time.perf_counter() - begun)
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> bool:

@@ -28,7 +28,8 @@ from typing import Mapping
 
 from pipeline import adaptive
 from pipeline.parameters import BY_NAME, PARAMS
-from pipeline.plan import (InstanceKey, Run, _instance, _instance_combinations, _instance_runs)
+from pipeline.plan import (InstanceKey, Run, _instance, _instance_combinations, _instance_runs,
+                           count_runs)
 from pipeline.spec import SweepSpec
 
 Key = tuple
@@ -258,15 +259,19 @@ def _stored_status(spec: SweepSpec, asked: Mapping[Key, int],
     return out
 
 
-def full_grid_runs(spec: SweepSpec) -> int:
-    """Runs of the full grid at the finest resolution ``refine`` bisections can reach, with
-    ``trials.max`` trials per cell: what a non-adaptive sweep of the same resolution costs, and
-    an upper bound of the adaptive sweep's runs."""
+def finest_spec(spec: SweepSpec) -> SweepSpec:
+    """The sweep's full grid at the finest resolution ``refine`` bisections can reach, with
+    ``trials.max`` trials per cell (``spec.trials``): what a non-adaptive sweep of the same
+    resolution runs, and an upper bound of the adaptive sweep's runs."""
     a = spec.adaptive
     finer = spec
     for name in (a.along, a.across):
         if name is not None and axis_kind(spec, name) != "category":
             values = adaptive.finest_values(_values(spec, name), axis_kind(spec, name), a.refine)
             finer = with_values(finer, name, values)
-    names = key_names(spec)
-    return len(_base_cells(finer, names)) * a.trials_max
+    return finer
+
+
+def full_grid_runs(spec: SweepSpec) -> int:
+    """Runs of ``finest_spec``, counted arithmetically (``plan.count_runs``)."""
+    return count_runs(finest_spec(spec))

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from pipeline import executors
-from pipeline.plan import (TASK_SECONDS, LazyTask, count_runs, lazy_tasks, run_count_factors,
-                           summarize_lazy)
+from pipeline import adaptive, executors, rounds
+from pipeline.plan import (TASK_SECONDS, LazyTask, Plan, count_runs, lazy_tasks,
+                           run_count_factors, summarize_lazy)
 from pipeline.results import lock, store
 from pipeline.spec import SpecError, SweepSpec, load_spec, parse_spec
 
@@ -60,7 +60,10 @@ class SweepTooLarge(SpecError):
 
 def check_size(spec: SweepSpec, max_runs: int = MAX_RUNS) -> int:
     """The sweep's run count; SweepTooLarge naming its axes and their product when above
-    ``max_runs``. Arithmetic on the validated spec: nothing is expanded."""
+    ``max_runs``. Arithmetic on the validated spec: nothing is expanded. An adaptive sweep
+    counts its upper bound, the full grid at its finest resolution with ``trials.max``."""
+    if spec.adaptive is not None:
+        spec = rounds.finest_spec(spec)
     runs = count_runs(spec)
     if runs <= max_runs:
         return runs
@@ -119,13 +122,45 @@ def plan_text(spec_path: str, out: str | None = None, max_runs: int = MAX_RUNS,
     cpus = executors.planned_cpus(address, num_cpus) if executor == "ray" else 1
     done = _stored_run_ids(out)
     floor = min_tasks(executor, cpus)
+    if spec.adaptive is not None:
+        return _adaptive_plan(spec, out, done, executor, cpus, floor, task_seconds)
     pending = Pending(lazy_tasks(spec, task_seconds=task_seconds, min_tasks=floor), done)
     tasks = list(pending)
-    text = summarize_lazy(spec, tasks)
-    text += f"\ntasks:     {len(tasks)} ({_tasks_note(executor, cpus, len(tasks), floor, task_seconds)})"
+    note = _tasks_note(executor, cpus, len(tasks), floor, task_seconds)
+    text = summarize_lazy(spec, tasks) + f"\ntasks:     {len(tasks)} ({note})"
     if len(done):
         text += f"\nstored:    {pending.already} runs already in {out}"
     return text
+
+
+def _adaptive_plan(spec: SweepSpec, out: str, done: store.RunIds, executor: str, cpus: int,
+                   floor: int, task_seconds: float) -> str:
+    """``plan`` for an adaptive sweep: the round in progress (replayed from what ``out``
+    holds), its tasks, and the bounds: the full grid at the finest resolution with max trials."""
+    results = store.ResultsStore(out)
+    outcomes = _outcomes(results, spec.adaptive) if results.exists() else {}
+    state = rounds.replay(spec, outcomes)
+    a = spec.adaptive
+    lines = [f"sweep {spec.name} ({spec.source}), spec hash {spec.spec_hash[:12]}",
+             f"adaptive:  the contour of P({a.success_column} "
+             + (f"<= {a.at_most:g}" if a.at_most is not None else f">= {a.at_least:g}")
+             + f") = {a.level:g} along {a.along}" + (f", per {a.across}" if a.across else "")
+             + f"; trials {a.trials_start} to {a.trials_max}, refine {a.refine}",
+             f"at most:   {rounds.full_grid_runs(spec)} runs: the full grid at the finest "
+             f"resolution with {a.trials_max} trials per cell (what a grid sweep of that "
+             "resolution costs; the rounds stop when every cell is decided, usually far below)"]
+    if state.done:
+        lines.append(f"done:      {sum(r.runs for r in state.rounds)} runs in "
+                     f"{len(state.rounds)} rounds, all stored in {out}")
+        return "\n".join(lines)
+    runs = [r for _, rs in state.pending for r in rs]
+    plan = Plan(spec=state.spec, instances=tuple(i for i, _ in state.pending), runs=tuple(runs))
+    tasks = plan.tasks(task_seconds=task_seconds, min_tasks=floor)
+    note = _tasks_note(executor, cpus, len(tasks), floor, task_seconds)
+    lines.append(f"round {state.round}:   {len(runs)} runs to compute"
+                 + (f" ({state.rounds[-1].stored} of the round stored)" if len(done) else "")
+                 + f", in {len(tasks)} tasks ({note})")
+    return "\n".join(lines)
 
 
 def _tasks_note(executor: str, cpus: int, tasks: int, floor: int, task_seconds: float) -> str:
@@ -214,14 +249,20 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
             results.clean_temporaries()
             inventory = results.inventory()
             results.quarantine(inventory.corrupt)
-            floor = min_tasks(executor, executors.cluster_cpus() if executor == "ray" else 1)
-            pending = Pending(lazy_tasks(spec, task_seconds=task_seconds, min_tasks=floor),
-                              inventory.run_ids)
+            cpus = executors.cluster_cpus() if executor == "ray" else 1
+            floor = min_tasks(executor, cpus)
             entry = {"started": store.now(), "executor": executor, "planned": planned,
                      "quarantined": [s.task_id for s in inventory.corrupt]}
-            todo = planned - min(len(inventory.run_ids), planned)  # the bar's total (estimate)
-            computed, report, seconds = _execute(pending, todo, executor, results, manifest,
-                                                 entry, spec.name, progress)
+            if spec.adaptive is not None:
+                pending, computed, report, seconds, planned = _run_rounds(
+                    spec, results, manifest, entry, executor, cpus, floor, task_seconds,
+                    progress)
+            else:
+                pending = Pending(lazy_tasks(spec, task_seconds=task_seconds, min_tasks=floor),
+                                  inventory.run_ids)
+                todo = planned - min(len(inventory.run_ids), planned)  # the bar's total
+                computed, report, seconds = _execute(pending, todo, executor, results, manifest,
+                                                     entry, spec.name, progress)
         except store.StoreWriteError as exc:  # say how much is stored: the rerun resumes it
             exc.planned, exc.stored = planned, _stored_count(results)
             write_failed = True
@@ -242,12 +283,73 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
                         write_problem=report.write_problem)
 
 
+def _run_rounds(spec: SweepSpec, results: store.ResultsStore, manifest: dict, entry: dict,
+                executor: str, cpus: int, floor: int, task_seconds: float,
+                progress: bool | None
+                ) -> tuple[Pending, int, executors.ExecutionReport, float, int]:
+    """An adaptive sweep (``pipeline.rounds``): replay the rounds from the stored outcomes, run
+    the missing runs of the first incomplete round as ordinary tasks, and again, until the replay
+    is done (or tasks failed: the rest waits for a rerun). Each executed round is one invocation
+    entry in the manifest, with its round, task ids and CPU utilization. Returns what
+    ``_execute`` returns, summed over the rounds, with the counts of a ``Pending`` (runs stored
+    before, tasks run), and the runs the rounds asked for so far."""
+    start = time.perf_counter()
+    computed, total = 0, executors.ExecutionReport()
+    first: Pending | None = None
+    while True:
+        state = rounds.replay(spec, _outcomes(results, spec.adaptive))
+        if first is None:
+            already = sum(r.stored for r in state.rounds)
+        if state.done:
+            break
+        batch = state.pending
+        plan = Plan(spec=state.spec, instances=tuple(i for i, _ in batch),
+                    runs=tuple(r for _, runs in batch for r in runs))
+        tasks = Pending(plan.tasks(task_seconds=task_seconds, min_tasks=floor), store.RunIds())
+        record = state.rounds[-1]
+        round_entry = {**entry, "started": store.now(), "round": record.index,
+                       "round_runs": record.runs}
+        done, report, seconds = _execute(tasks, len(plan.runs), executor, results, manifest,
+                                         round_entry, f"{spec.name} round {record.index}",
+                                         progress, cpus=cpus)
+        first = first or tasks
+        computed += done
+        total.completed += report.completed
+        total.failed += report.failed
+        total.written_by_driver += report.written_by_driver
+        total.write_problem = total.write_problem or report.write_problem
+        total.busy_seconds += report.busy_seconds
+        if report.failed:
+            break
+    pending = Pending([], store.RunIds())
+    pending.already, pending.tasks = already, total.completed + len(total.failed)
+    total.seconds = time.perf_counter() - start
+    return pending, computed, total, total.seconds, sum(r.runs for r in state.rounds)
+
+
+def _outcomes(results: store.ResultsStore, section: adaptive.AdaptiveSpec) -> dict[str, bool]:
+    """run_id -> success of every run in the folder's valid shards, read from the three columns
+    it needs (``adaptive.success``)."""
+    columns = ["run_id", "status", section.success_column]
+    tables = [s.runs_table for s in results.scan(columns=columns).done
+              if s.runs_table is not None and s.runs_table.num_rows]
+    out: dict[str, bool] = {}
+    for table in tables:
+        ok = adaptive.success_array(table.column(section.success_column).to_pylist(),
+                                    table.column("status").to_pylist(),
+                                    at_most=section.at_most, at_least=section.at_least)
+        out.update(zip(table.column("run_id").to_pylist(), ok.tolist()))
+    return out
+
+
 def _execute(tasks: Pending, todo: int, executor: str, results: store.ResultsStore,
-             manifest: dict, entry: dict, name: str, progress: bool | None
+             manifest: dict, entry: dict, name: str, progress: bool | None, cpus: int = 1
              ) -> tuple[int, executors.ExecutionReport, float]:
     """Run the tasks, each writing its shards where it ran when it can (the driver writes those
-    handed back), track completion, and record the invocation (``entry``) in the manifest.
+    handed back), track completion, and record the invocation (``entry``) in the manifest, with
+    the task ids and the CPU utilization (the tasks' wall time over ``cpus`` x the elapsed).
     Returns (runs computed, the executor's report, seconds)."""
+    ids: list[str] = []
     # progress None: a bar on terminals only (tqdm's disable=None)
     bar = tqdm(total=todo, unit="run", desc=name,
                disable=None if progress is None else not progress, smoothing=0.1)
@@ -257,6 +359,7 @@ def _execute(tasks: Pending, todo: int, executor: str, results: store.ResultsSto
         nonlocal computed
         if done.result is not None:  # handed back: the driver writes it
             results.write_task(done.task_id, done.result.runs, done.result.instances)
+        ids.append(done.task_id)
         computed += done.runs
         bar.update(done.runs)
 
@@ -275,7 +378,10 @@ def _execute(tasks: Pending, todo: int, executor: str, results: store.ResultsSto
         bar.close()
     entry.update(finished=store.now(), already_stored=tasks.already, tasks=tasks.tasks,
                  computed=computed, failed=report.failed,
-                 written_by_driver=report.written_by_driver)
+                 written_by_driver=report.written_by_driver,
+                 cpu_utilization=round(report.utilization(cpus), 3) if ids else None)
+    if "round" in entry:  # an adaptive round: which tasks it made (its runs' shards)
+        entry["task_ids"] = sorted(ids)
     store.record_invocation(results, manifest, entry)
     return computed, report, time.perf_counter() - start
 
@@ -305,7 +411,13 @@ def status_text(out: str) -> tuple[str, bool]:
     if inventory.duplicates:
         lines.append(f"{inventory.duplicates} run_ids are stored in more than one shard "
                      "(two runs into one folder at once?); analysis.load keeps one copy")
-    if stored_spec is not None:
+    if stored_spec is not None and stored_spec.adaptive is not None:
+        adaptive_lines, missing = _adaptive_status(stored_spec, results)
+        lines += adaptive_lines
+        lines.append(f"done {done} runs, missing {missing} of the current round, corrupt "
+                     f"shards {len(corrupt)}")
+        healthy = missing == 0 and not corrupt and not inventory.duplicates
+    elif stored_spec is not None:
         planned, missing = _planned_and_missing(
             stored_spec, inventory, store.equivalent_spec_hashes(manifest, stored_spec))
         lines.append(f"done {done} / {planned} runs, missing {missing}, "
@@ -318,6 +430,28 @@ def status_text(out: str) -> tuple[str, bool]:
     if not healthy:
         lines.append("rerun `wnsweep run` with the same sweep file and --out to complete it")
     return "\n".join(lines), healthy
+
+
+def _adaptive_status(spec: SweepSpec, results: store.ResultsStore) -> tuple[list[str], int]:
+    """The lines ``status`` adds for an adaptive sweep, replayed from the stored outcomes (nothing
+    is run): its round, the runs asked, and per slice the cells decided and undecided; and how
+    many runs the round in progress still misses (0 when done)."""
+    state = rounds.replay(spec, _outcomes(results, spec.adaptive))
+    last = state.rounds[-1]
+    missing = last.runs - last.stored if not state.done else 0
+    where = ("done" if state.done else
+             f"in progress: {last.stored} of its {last.runs} runs stored")
+    lines = [f"adaptive: round {state.round} ({where}); "
+             f"{sum(r.runs for r in state.rounds)} runs asked so far, "
+             f"{rounds.full_grid_runs(spec)} in the full grid at the finest resolution "
+             f"with {spec.adaptive.trials_max} trials"]
+    names = state.slice_names()
+    for key, counts in state.slices().items():
+        label = ", ".join(f"{n}={v}" for n, v in zip(names, key)) or "all"
+        lines.append(f"  {label}: cells decided {counts['below'] + counts['above']} "
+                     f"(below {counts['below']}, above {counts['above']}), undecided "
+                     f"{counts['undecided']}, at the trial limit {counts['limit']}")
+    return lines, missing
 
 
 def _stored_spec(results: store.ResultsStore, manifest: dict) -> SweepSpec | None:
