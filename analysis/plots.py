@@ -627,3 +627,58 @@ def plot_rate_vs_imbalance(runs: pd.DataFrame) -> Figure:
 
 
 plot_rate_vs_imbalance.USES = ("imbalance", "alpha", "width")
+
+
+# ----------------------------------------------------------------------------- adaptive contours
+def plot_contours(runs: pd.DataFrame) -> Figure:
+    """The success contour of a phase diagram (``analysis.contours``), one panel per method.
+
+    Each cell (a value of ``along`` and ``across``) is a square coloured by its success rate,
+    sized by its trial count; cells whose interval (``pipeline.adaptive.cell_interval``) still
+    contains the level are outlined in red (undecided). The fitted crossing of each row is a
+    black dot, its confidence interval a grey band. ``along``, ``across``, the success criterion
+    and the level come from the stored adaptive section (``runs.attrs["adaptive"]``)."""
+    from analysis.contours import contours
+    from pipeline.adaptive import AdaptiveSpec, cell_interval, success_array
+
+    stored = runs.attrs.get("adaptive") or {}
+    section = AdaptiveSpec(**stored)
+    along, across = section.along, section.across
+    _require_single_slice(runs, (along, across or along), "plot_contours")
+    ok = success_array(runs[section.success_column].to_numpy(), runs["status"].to_numpy(),
+                       at_most=section.at_most, at_least=section.at_least)
+    work = pd.DataFrame({"method": runs["method"].to_numpy(), "x": runs[along].to_numpy(float),
+                         "y": runs[across].to_numpy(float) if across else 0.0, "ok": ok})
+    cells = work.groupby(["method", "x", "y"], sort=True)["ok"].agg(["sum", "size"]).reset_index()
+    crossings = contours(runs)
+    methods = _uniq(cells["method"])
+    log = bool((cells["x"] > 0).all() and cells["x"].max() >= 10 * cells["x"].min())
+    fig, axes = _figure(1, len(methods), sharey=True, cbar=True)
+    for ax, method in zip(axes[0], methods):
+        c = cells[cells["method"] == method]
+        undecided = [cell_interval(int(x), int(n), section)[0] <= section.level
+                     <= cell_interval(int(x), int(n), section)[1]
+                     for x, n in zip(c["sum"], c["size"])]
+        points = ax.scatter(c["x"], c["y"], c=c["sum"] / c["size"], cmap="viridis", vmin=0,
+                            vmax=1, marker="s", s=12 + 60 * np.sqrt(c["size"] / c["size"].max()),
+                            edgecolors=["red" if u else "none" for u in undecided],
+                            linewidths=1.0)
+        row = crossings[crossings["method"] == method] if "method" in crossings else crossings
+        row = row.sort_values(across) if across else row
+        ys = row[across].to_numpy(float) if across else np.zeros(len(row))
+        ax.fill_betweenx(ys, row["crossing_low"], row["crossing_high"], color="0.5", alpha=0.35,
+                         lw=0, label=f"{section.confidence:.0%} interval")
+        ax.plot(row["crossing"], ys, "o-", color="black", ms=3, lw=1,
+                label=f"P(success) = {section.level:g}")
+        if log:
+            ax.set_xscale("log")
+        if across and len(np.unique(cells["y"])) <= 12:
+            ax.set_yticks(np.unique(cells["y"]), labels=[_fmt(v) for v in np.unique(cells["y"])])
+        ax.set_title(METHOD_NAMES.get(method, method))
+    fig.colorbar(points, ax=axes[0, -1], label="success rate")
+    axes[0, 0].legend(loc="best", fontsize=7)
+    _label_outer(axes, LABELS.get(along, along), LABELS.get(across, across) if across else "")
+    return fig
+
+
+plot_contours.USES = ("alpha", "s")  # replaced per sweep by the stored along / across

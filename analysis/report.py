@@ -30,6 +30,7 @@ import pandas as pd
 from analysis import plots
 from analysis.aggregate import paired_ratios, summary_table
 from analysis.figures import all_figures
+from analysis.figures.common import FIGURES as COMMON_FIGURES
 from analysis.load import load, load_provenance, resolve
 from pipeline import families
 
@@ -60,6 +61,9 @@ class ReportResult:
         if self.skipped_shards:
             lines.append(f"  WARNING: {len(self.skipped_shards)} corrupt shard(s) skipped")
         return "\n".join(lines)
+
+
+COMMON_NAMES = {fig.name for fig in COMMON_FIGURES}
 
 
 def family_rows(runs: pd.DataFrame, family: str) -> pd.DataFrame:
@@ -132,13 +136,15 @@ def write_report(
         if reason:
             res.skipped[fig.title] = reason
             continue
-        for fixed, part in plots.split_by_extra(rows, fig.draw.USES):
+        for fixed, part in plots.split_by_extra(rows, fig.columns(rows)):
             label = f"{fig.title} ({_slice_label(fixed)})" if fixed else fig.title
             reason = next((r for r in (c(part) for c in fig.needs) if r), None)
             if reason:
                 res.skipped[label] = reason
                 continue
-            jobs.append((label, fig.name + _slug(fixed), fig.draw, kwargs, part))
+            shared = fig.name in COMMON_NAMES and fig.family != families.DEFAULT_FAMILY
+            stem = fig.name + (f"__{fig.family}" if shared else "")  # one file per family
+            jobs.append((label, stem + _slug(fixed), fig.draw, kwargs, part))
 
     entries: list[tuple[str, str, str]] = []  # (title, png name, pdf name)
     for (label, stem, *_), error in zip(jobs, _render_all(jobs, out)):
@@ -220,7 +226,25 @@ def _provenance(results: str, runs: pd.DataFrame) -> tuple[list[tuple[str, str]]
     hashes = runs.attrs.get("spec_hashes", [])
     if hashes:
         rows.append(("spec hash (shards)", ", ".join(hashes)))
+    spent = _adaptive_cost(runs, prov["sweep_yaml"])
+    if spent:
+        rows.append(("runs spent (adaptive)", spent))
     return rows, manifest, prov["sweep_yaml"]
+
+
+def _adaptive_cost(runs: pd.DataFrame, sweep_yaml: str | None) -> str | None:
+    """For an adaptive sweep: its runs against the full grid at the same finest resolution."""
+    if not runs.attrs.get("adaptive") or not sweep_yaml:
+        return None
+    from pipeline import rounds
+    from pipeline.spec import SpecError, parse_spec
+
+    try:
+        full = rounds.full_grid_runs(parse_spec(sweep_yaml, source="sweep.yaml"))
+    except (SpecError, OSError, ValueError):
+        return None
+    return (f"{len(runs)} runs, {len(runs) / full:.1%} of the {full} runs of the full grid at "
+            "the same finest resolution with the maximum trials per cell")
 
 
 def _index_html(

@@ -139,6 +139,16 @@ def test_serial_and_ray_run_the_same_rounds_and_rows(tmp_path, ray_local):
     text, healthy = sweep.status_text(str(outs["serial"]))
     assert healthy and "adaptive: round" in text and "(done)" in text
     assert "method=gd: cells decided" in text and "method=wn: cells decided" in text
+    # the contour, its arguments from the stored section, and the report's figure and cost
+    import analysis
+
+    runs = analysis.load(str(outs["serial"]))
+    crossings = analysis.contours(runs)
+    assert set(crossings["method"]) == {"gd", "wn"} and set(crossings["s"]) == set(runs["s"])
+    assert {"crossing", "crossing_low", "crossing_high", "reason"} <= set(crossings.columns)
+    result = analysis.write_report(str(outs["serial"]))
+    assert result.out_dir / "contour.png" in result.figures
+    assert "of the full grid at the same finest resolution" in result.index.read_text()
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ reason when a requirement is not met, in order) and its family.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 from dataclasses import dataclass, field
@@ -29,8 +30,13 @@ class Figure:
     title: str
     draw: Callable[..., Any]
     needs: tuple[Check, ...] = ()
-    family: str = families.DEFAULT_FAMILY
+    family: str | None = families.DEFAULT_FAMILY  # None: every family (``common.py``)
     options: tuple[str, ...] = field(default=())  # report options the function takes ("threshold")
+    uses: Callable[[pd.DataFrame], tuple[str, ...]] | None = None  # else ``draw.USES``
+
+    def columns(self, rows: pd.DataFrame) -> tuple[str, ...]:
+        """The columns the figure draws (the others split it into slices)."""
+        return self.uses(rows) if self.uses is not None else self.draw.USES
 
 
 def figures_for(family: str) -> list[Figure]:
@@ -46,8 +52,13 @@ def figures_for(family: str) -> list[Figure]:
 
 
 def all_figures() -> list[Figure]:
-    """Every declared figure, family by family in registry order."""
-    return [fig for name in families.FAMILIES for fig in figures_for(name)]
+    """Every declared figure, family by family in registry order, each followed by the figures
+    of every family (``analysis/figures/common.py``) bound to it."""
+    from analysis.figures import common
+
+    return [fig for name in families.FAMILIES
+            for fig in (*figures_for(name),
+                        *(dataclasses.replace(f, family=name) for f in common.FIGURES))]
 
 
 def need_values(col: str, label: str, method: str | None = None) -> Check:
