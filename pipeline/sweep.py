@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from pipeline import adaptive, executors, rounds
-from pipeline.plan import (TASK_SECONDS, LazyTask, Plan, count_runs, lazy_tasks,
-                           run_count_factors, summarize_lazy)
+from pipeline.plan import (TASK_SECONDS, LazyTask, Plan, count_runs, instance_cost,
+                           lazy_tasks, run_count_factors, summarize_lazy)
 from pipeline.results import lock, store
 from pipeline.spec import SpecError, SweepSpec, load_spec, parse_spec
 
@@ -155,7 +155,8 @@ def _adaptive_plan(spec: SweepSpec, out: str, done: store.RunIds, executor: str,
         return "\n".join(lines)
     runs = [r for _, rs in state.pending for r in rs]
     plan = Plan(spec=state.spec, instances=tuple(i for i, _ in state.pending), runs=tuple(runs))
-    tasks = plan.tasks(task_seconds=task_seconds, min_tasks=floor)
+    tasks = plan.tasks(task_seconds=_round_task_seconds(plan, task_seconds, floor),
+                       min_tasks=floor)
     note = _tasks_note(executor, cpus, len(tasks), floor, task_seconds)
     lines.append(f"round {state.round}:   {len(runs)} runs to compute"
                  + (f" ({state.rounds[-1].stored} of the round stored)" if len(done) else "")
@@ -305,7 +306,8 @@ def _run_rounds(spec: SweepSpec, results: store.ResultsStore, manifest: dict, en
         batch = state.pending
         plan = Plan(spec=state.spec, instances=tuple(i for i, _ in batch),
                     runs=tuple(r for _, runs in batch for r in runs))
-        tasks = Pending(plan.tasks(task_seconds=task_seconds, min_tasks=floor), store.RunIds())
+        tasks = Pending(plan.tasks(task_seconds=_round_task_seconds(plan, task_seconds, floor),
+                                   min_tasks=floor), store.RunIds())
         record = state.rounds[-1]
         round_entry = {**entry, "started": store.now(), "round": record.index,
                        "round_runs": record.runs}
@@ -325,6 +327,18 @@ def _run_rounds(spec: SweepSpec, results: store.ResultsStore, manifest: dict, en
     pending.already, pending.tasks = already, total.completed + len(total.failed)
     total.seconds = time.perf_counter() - start
     return pending, computed, total, total.seconds, sum(r.runs for r in state.rounds)
+
+
+def _round_task_seconds(plan: Plan, task_seconds: float, floor: int) -> float:
+    """The task size of an adaptive round: small enough for ``floor`` tasks (8 per CPU), even
+    below the size a task's fixed cost would otherwise set (``plan.MAX_OVERHEAD_SHARE``): the
+    next round waits for this one's last task, so every CPU should be busy to the end."""
+    by_instance: dict[str, list] = {}
+    for run in plan.runs:
+        by_instance.setdefault(run.instance_id, []).append(run)
+    total = sum(instance_cost(inst, by_instance.get(inst.instance_id, []))
+                for inst in plan.instances)
+    return min(task_seconds, total / max(floor, 1)) if total > 0 else task_seconds
 
 
 def _outcomes(results: store.ResultsStore, section: adaptive.AdaptiveSpec) -> dict[str, bool]:
