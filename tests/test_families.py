@@ -251,3 +251,21 @@ def test_adding_a_family_touches_only_its_folder(tmp_path: Path):
     ids = _in_copy(root, "-c", code, python=True)
     assert ids.returncode == 0, ids.stderr
     assert json.loads(ids.stdout) == json.loads((REPO / "tests/data/identities.json").read_text())
+
+
+# --------------------------------------------------------------------- folders written before
+
+@pytest.mark.parametrize("name, runs", [("legacy-twolayer", 16), ("legacy-mixed", 12)])
+def test_a_folder_written_before_the_families_resumes_with_nothing_recomputed(tmp_path, name,
+                                                                              runs):
+    """tests/data/folders/legacy-{twolayer,mixed}: written by wnsweep 0.3 (before families were
+    plug-ins) from tests/data/sweeps/ of the same name."""
+    from pipeline import sweep
+
+    folder = tmp_path / name
+    shutil.copytree(REPO / "tests" / "data" / "folders" / name, folder)
+    outcome = sweep.run_sweep(str(REPO / "tests" / "data" / "sweeps" / f"{name}.yaml"),
+                              out=str(folder), executor="serial", progress=False)
+    assert (outcome.computed, outcome.already, outcome.planned) == (0, runs, runs)
+    text, healthy = sweep.status_text(str(folder))
+    assert healthy and f"done {runs} / {runs} runs, missing 0" in text
