@@ -129,8 +129,8 @@ def write_report(
     by_family = {name: family_rows(runs, name) for name in families.FAMILIES}
     for fig in all_figures():
         rows = by_family[fig.family]
-        if rows.empty:  # a figure of a family the results do not hold: not listed as skipped
-            continue
+        if rows.empty or (fig.applies is not None and not fig.applies(rows)):
+            continue  # a figure of another family or kind of sweep: not listed as skipped
         kwargs = {key: options[key] for key in fig.options}
         reason = next((r for r in (c(rows) for c in fig.needs) if r), None)
         if reason:

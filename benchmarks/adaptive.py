@@ -61,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller diagram")
     parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--keep", help="keep both results folders in this folder")
     args = parser.parse_args()
     import analysis
     from pipeline import executors, rounds, sweep
@@ -83,7 +84,8 @@ def main() -> None:
 
     executors.init_ray(None, num_cpus=args.num_cpus)
     out = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
         for name, text in (("adaptive", adaptive_text), ("grid", grid_text)):
             path = Path(tmp) / f"{name}.yaml"
             path.write_text(text)

@@ -28,7 +28,7 @@ model: {depth: 2}
 init: {alpha: [0.1, 0.2, 0.4]}
 methods:
   gd: {eta: 0.02}
-  wn: {eta: 0.02, eta_ratio: [0.1, 1.0]}
+  wn: {eta: 0.02, eta_ratio: [0.1, 1.0], schedule: constant}
 train: {max_iters: 300, tol: 0.0, checkpoints: 64}
 """
 MESSAGE = re.compile(r"wnsweep: cannot write to (\S+): (.+) \(errno (\d+)\); (\d+) of 108 runs "

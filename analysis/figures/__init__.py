@@ -33,6 +33,8 @@ class Figure:
     family: str | None = families.DEFAULT_FAMILY  # None: every family (``common.py``)
     options: tuple[str, ...] = field(default=())  # report options the function takes ("threshold")
     uses: Callable[[pd.DataFrame], tuple[str, ...]] | None = None  # else ``draw.USES``
+    #: whether the figure is of this kind of results at all (else left out, not "skipped")
+    applies: Callable[[pd.DataFrame], bool] | None = None
 
     def columns(self, rows: pd.DataFrame) -> tuple[str, ...]:
         """The columns the figure draws (the others split it into slices)."""

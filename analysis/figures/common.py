@@ -8,10 +8,12 @@ from analysis import plots
 from analysis.figures import Figure
 
 
-def _need_adaptive(df: pd.DataFrame) -> str | None:
-    stored = df.attrs.get("adaptive")
-    if not stored:
-        return "not an adaptive sweep (analysis.contours fits any sweep's rows)"
+def _adaptive(df: pd.DataFrame) -> bool:
+    return bool(df.attrs.get("adaptive"))
+
+
+def _need_columns(df: pd.DataFrame) -> str | None:
+    stored = df.attrs["adaptive"]
     missing = [c for c in (stored["along"], stored.get("across"), stored["success_column"])
                if c is not None and (c not in df or df[c].isna().all())]
     return f"no values of {', '.join(missing)} in these rows" if missing else None
@@ -24,5 +26,5 @@ def _contour_columns(df: pd.DataFrame) -> tuple[str, ...]:
 
 FIGURES = [
     Figure("contour", "success contour with its confidence band (adaptive)", plots.plot_contours,
-           (_need_adaptive,), family=None, uses=_contour_columns),
+           (_need_columns,), family=None, uses=_contour_columns, applies=_adaptive),
 ]
