@@ -57,6 +57,21 @@ def no_rules(axes: dict[str, tuple]) -> tuple[str, str] | None:
     return None
 
 
+def at_most(name: str, bound: str, field: str) -> Callable[[dict[str, tuple]],
+                                                           tuple[str, str] | None]:
+    """A ``Family.check`` rule: every value of axis ``name`` is <= every value of ``bound``
+    (``s <= M``), else ``(field, message)``."""
+    def check(axes: dict[str, tuple]) -> tuple[str, str] | None:
+        values = [x for x in axes.get(name, ()) if x is not None]
+        limits = [x for x in axes.get(bound, ()) if x is not None]
+        if values and limits and max(values) > min(limits):
+            return (field, f"{name} must be <= {bound} for every combination, got "
+                    f"{name} = {max(values)}, {bound} = {min(limits)}")
+        return None
+
+    return check
+
+
 @dataclass(frozen=True)
 class Family:
     """One model family (module docstring). Every field is data or a pure function.

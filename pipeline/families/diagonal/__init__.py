@@ -10,7 +10,8 @@ The folder holds its numerics, none of which imports Ray or pyarrow: ``problems`
 
 from __future__ import annotations
 
-from pipeline.families.base import EFFECTIVE_FLOPS, ENTRY_SECONDS, Family, RunContext
+from pipeline.families.base import (EFFECTIVE_FLOPS, ENTRY_SECONDS, Family, RunContext,
+                                    at_most)
 from pipeline.families.diagonal.dynamics import SCHEDULES
 from pipeline.families.diagonal.initialization import SCHEMES
 from pipeline.families.diagonal.models import SIGNS
@@ -60,15 +61,6 @@ def _cost(inst, runs) -> float:
     return BP_SECONDS + iterations * run_step_seconds(inst.M, inst.N, inst.sign == "signed")
 
 
-def _check(axes: dict[str, tuple]) -> tuple[str, str] | None:
-    s = [x for x in axes.get("s", ()) if x is not None]
-    M = [x for x in axes.get("M", ()) if x is not None]
-    if s and M and max(s) > min(M):
-        return ("problem.sparsity", "s must be <= M for every combination, got "
-                f"s = {max(s)}, M = {min(M)}")
-    return None
-
-
 def _run(context: RunContext, instances, runs_by_instance):
     from pipeline.families.diagonal.run import run_instances  # the engine: numba, cvxpy
 
@@ -95,7 +87,7 @@ FAMILY = Family(
     summary_columns=("pred_error", "pred_rel_error_l1", "pred_l1_gap"),
     recovery_column="rel_error_l1",
     takes_file=True,
-    check=_check,
+    check=at_most("s", "M", "problem.sparsity"),
     cost=_cost,
     run=_run,
 )

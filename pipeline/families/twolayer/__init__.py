@@ -7,13 +7,8 @@ batched GD; ``run`` ties them into ``Family.run``.
 
 from __future__ import annotations
 
-from pipeline.families.base import (
-    EFFECTIVE_FLOPS,
-    ENTRY_SECONDS,
-    STEP_OVERHEAD_SECONDS,
-    Family,
-    RunContext,
-)
+from pipeline.families.base import (EFFECTIVE_FLOPS, ENTRY_SECONDS, STEP_OVERHEAD_SECONDS, Family,
+                                    RunContext, at_most)
 from pipeline.families.twolayer.model import SCHEMES
 from pipeline.parameter import Param
 
@@ -45,15 +40,6 @@ def _cost(inst, runs) -> float:
     return seconds + steps * STEP_OVERHEAD_SECONDS
 
 
-def _check(axes: dict[str, tuple]) -> tuple[str, str] | None:
-    s = [x for x in axes.get("s", ()) if x is not None]
-    N = [x for x in axes.get("N", ()) if x is not None]
-    if s and N and max(s) > min(N):
-        return ("problem.sparsity", "s must be <= N for every combination, got "
-                f"s = {max(s)}, N = {min(N)}")
-    return None
-
-
 def _run(context: RunContext, instances, runs_by_instance):
     from pipeline.families.twolayer.run import run_instances
 
@@ -72,7 +58,7 @@ FAMILY = Family(
     run_columns=(("error_min_norm", "float"), ("rate", "float"), ("imbalance_min", "float"),
                  ("imbalance_max", "float"), ("imbalance_margin", "float")),
     summary_columns=("error_min_norm", "rate", "imbalance_margin"),
-    check=_check,
+    check=at_most("s", "N", "problem.sparsity"),
     cost=_cost,
     run=_run,
 )
