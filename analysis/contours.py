@@ -173,7 +173,8 @@ def _profile(u: np.ndarray, y: np.ndarray, g: float, c: float, b0: float) -> flo
 
 def fit_crossing(x: np.ndarray, y: np.ndarray, level: float = 0.5, confidence: float = 0.95,
                  direction: str | None = None, clusters: np.ndarray | None = None,
-                 name: str = "x", show: Callable[[float], float] = float) -> dict[str, Any]:
+                 name: str = "x", show: Callable[[float], float] = float,
+                 model: str = "logistic") -> dict[str, Any]:
     """The crossing of ``level`` by a logistic fit of outcomes ``y`` (0/1, shape (n,)) against
     ``x`` (shape (n,), already on the fitted scale), with its profile-likelihood interval
     (module docstring). Returns ``crossing``, ``crossing_low``, ``crossing_high`` (in ``x``'s
@@ -185,8 +186,10 @@ def fit_crossing(x: np.ndarray, y: np.ndarray, level: float = 0.5, confidence: f
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=bool)
     nan = float("nan")
+    if model not in ("logistic", "plateau", "auto"):
+        raise ValueError(f"model must be 'logistic', 'plateau' or 'auto', not {model!r}")
     out = dict(crossing=nan, crossing_low=nan, crossing_high=nan, slope=nan, fit_p=nan,
-               deff=1.0, reason="")
+               deff=1.0, model="logistic", p_low=0.0, p_high=1.0, reason="")
     n, n1 = len(y), int(y.sum())
     if n1 == 0:
         return {**out, "reason": "no successes: the success rate is below the level everywhere"}
@@ -268,6 +271,13 @@ def fit_crossing(x: np.ndarray, y: np.ndarray, level: float = 0.5, confidence: f
                           "is the profile-likelihood set"}
 
     c_hat = (g - a_u) / b_u
+    if model != "logistic":
+        v = slope_sign * u
+        theta, ll_pl = plateau_mle(v, y, level, start=(slope_sign * c_hat, abs(b_u), 0.0, 1.0))
+        q_extra = out["deff"] * float(stats.chi2.ppf(confidence, 2))
+        if model == "plateau" or 2 * (ll_pl - ll_max) > q_extra:
+            return _plateau_result(out, v, y, theta, ll_pl, level, confidence, clusters,
+                                   slope_sign, m, s, name, show, x)
     if not (u.min() <= c_hat <= u.max()):
         return {**out, "reason": f"crossing outside the range: fitted {name} = "
                                  f"{show(m + s * c_hat):.6g} beyond [{show(x.min()):.6g}, "
@@ -281,6 +291,48 @@ def fit_crossing(x: np.ndarray, y: np.ndarray, level: float = 0.5, confidence: f
     hi = _outward(f, c_hat, f_hat, span)
     return {**out, "crossing": m + s * c_hat, "crossing_low": m + s * lo,
             "crossing_high": m + s * hi}
+
+
+def _plateau_result(out: dict, v, y, theta, ll_max: float, level: float, confidence: float,
+                    clusters, sign: float, m: float, s: float, name: str, show,
+                    x: np.ndarray) -> dict:
+    """``fit_crossing``'s result under the plateau model fitted in ``v = sign * (x - m) / s``
+    (success increasing in ``v``) with MLE ``theta = (c, b, l, h)``: the crossing, its
+    profile-likelihood interval widened by the plateau model's design effect, or a reason."""
+    c_hat, b_hat, lo, hi = (float(t) for t in theta)
+    vals, inv = np.unique(v, return_inverse=True)
+    mm = np.bincount(inv).astype(float)
+    kk = np.bincount(inv, weights=y.astype(float))
+    p_small, p_large = (lo, hi) if sign > 0 else (hi, lo)   # P at small and at large x
+    out = {**out, "model": "plateau", "p_low": p_small, "p_high": p_large, "fit_p": math.nan,
+           "slope": sign * b_hat / s, "deff": 1.0}
+    if hi - level <= 2 * _GAP:
+        return {**out, "slope": math.nan,
+                "reason": f"plateau below the level: the fitted upper plateau does not exceed "
+                          f"{level:.6g}"}
+    separated = b_hat >= _B_MAX * (1 - 1e-9)
+    if not separated and clusters is not None:
+        out["deff"] = _plateau_deff(theta, v, y, level, np.asarray(clusters))
+    thr = ll_max - out["deff"] * float(stats.chi2.ppf(confidence, 1)) / 2
+    starts = [np.asarray(theta[1:], dtype=float), np.array([b_hat, 0.0, 1.0])]
+
+    def f(c: float) -> float:  # deterministic: the same starts at every c
+        return _plateau_profile(vals, kk, mm, level, c, starts)[0] - thr
+    span = float(np.ptp(v))
+    lo_c = _outward(f, c_hat, ll_max - thr, -span, doublings=12)
+    hi_c = _outward(f, c_hat, ll_max - thr, span, doublings=12)
+    ends = sorted((m + s * sign * lo_c, m + s * sign * hi_c))
+    if separated:
+        return {**out, "crossing_low": ends[0], "crossing_high": ends[1], "slope": sign * math.inf,
+                "reason": "separated: the plateau model's best fit is a step (slope at its "
+                          "bound); no maximum-likelihood crossing, the interval is the "
+                          "profile-likelihood set"}
+    if not (v.min() <= c_hat <= v.max()):
+        return {**out, "reason": f"crossing outside the range: fitted {name} = "
+                                 f"{show(m + s * sign * c_hat):.6g} beyond "
+                                 f"[{show(x.min()):.6g}, {show(x.max()):.6g}]"}
+    return {**out, "crossing": m + s * sign * c_hat, "crossing_low": ends[0],
+            "crossing_high": ends[1]}
 
 
 def _design_effect(X: np.ndarray, y: np.ndarray, beta: np.ndarray, g: float,
@@ -306,16 +358,17 @@ def _design_effect(X: np.ndarray, y: np.ndarray, beta: np.ndarray, g: float,
     return max(1.0, robust / naive)
 
 
-def _outward(f, c0: float, f0: float, step: float) -> float:
+def _outward(f, c0: float, f0: float, step: float, doublings: int = 60) -> float:
     """The root of ``f`` beyond ``c0`` (where ``f(c0) = f0 >= 0``) in the direction of
     ``step``: steps of ``step * 2^k / 8`` until ``f < 0``, then Brent's method (to a relative
     tolerance of 4 float epsilons). ``f0`` stands for ``f(c0)``: under separation it is the
-    one-sided limit from the side searched, which differs from ``f`` at ``c0`` itself. ``+-inf`` when ``f`` stays >= 0 over 60 doublings."""
+    one-sided limit from the side searched, which differs from ``f`` at ``c0`` itself.
+    ``+-inf`` when ``f`` stays >= 0 over ``doublings`` doublings."""
     def h(c: float) -> float:  # f, continued by f0 at c0 (a one-sided limit when separated)
         return f0 if c == c0 else f(c)
 
     prev, f_prev = c0, f0
-    for k in range(60):
+    for k in range(doublings):
         c = c0 + step * 2.0 ** k / 8
         fc = f(c)
         if fc < 0:
@@ -327,6 +380,195 @@ def _outward(f, c0: float, f0: float, step: float) -> float:
     return math.copysign(math.inf, step)
 
 
+# ----------------------------------------------------------------------------- plateau model
+#: Largest slope of the plateau model per standard deviation of x: a transition 100 times
+#: narrower than the data's spread is a step; an MLE at this bound is reported as separated.
+_B_MAX = 400.0
+#: The plateaus' distance from their bounds ``level`` (where the crossing is undefined).
+_GAP = 1e-6
+
+
+def _plateau_logs(theta: np.ndarray, v: np.ndarray, level: float):
+    """For ``P(v) = l + (h - l) F(eta)``, ``eta = logit(q) + b (v - c)``, ``q = (level - l) /
+    (h - l)`` at ``theta = (c, b, l, h)``: ``eta``, ``log F(eta)``, ``log F(-eta)``,
+    ``log P``, ``log(1 - P)`` (shape (n,) each, stable for every ``eta``)."""
+    c, b, lo, hi = (float(t) for t in theta)
+    w = hi - lo
+    q = (level - lo) / w
+    eta = math.log(q / (1.0 - q)) + b * (v - c)
+    lf, lg = _log_f(eta), _log_f(-eta)
+    lw = math.log(w)
+    log_p = np.logaddexp(math.log(lo) if lo > 0 else -math.inf, lw + lf)
+    log_q = np.logaddexp(math.log1p(-hi) if hi < 1 else -math.inf, lw + lg)
+    return eta, lf, lg, log_p, log_q
+
+
+def _plateau_dp(theta: np.ndarray, v: np.ndarray, level: float):
+    """``dP/dtheta / P`` and ``dP/dtheta / (1 - P)`` (shape (n, 4) each) of the plateau model
+    (``_plateau_logs``), with ``dP = G dl + F dh + (h - l) F G deta``, ``F = F(eta)``,
+    ``G = F(-eta)``, ``deta/dc = -b``, ``deta/db = v - c``, ``deta/dl = -1 / (level - l)``,
+    ``deta/dh = -1 / (h - level)``."""
+    c, b, lo, hi = (float(t) for t in theta)
+    _, lf, lg, log_p, log_q = _plateau_logs(theta, v, level)
+    lw = math.log(hi - lo)
+    d_eta = np.column_stack([np.full(v.size, -b), v - c, np.full(v.size, -1.0 / (level - lo)),
+                             np.full(v.size, -1.0 / (hi - level))])
+    out = []
+    with np.errstate(over="ignore"):  # inf where P (or 1 - P) underflows; callers mask
+        for log_den in (log_p, log_q):
+            slope = np.exp(lw + lf + lg - log_den)
+            dp = d_eta * slope[:, None]
+            dp[:, 2] += np.exp(lg - log_den)
+            dp[:, 3] += np.exp(lf - log_den)
+            out.append(dp)
+    return out[0], out[1]
+
+
+def _plateau_loglik(theta: np.ndarray, v: np.ndarray, k: np.ndarray, m: np.ndarray,
+                    level: float, grad: bool = False):
+    """Log-likelihood of ``k`` successes of ``m`` runs at each ``v`` under the plateau model,
+    and (``grad``) its gradient in ``theta = (c, b, l, h)``."""
+    _, _, _, log_p, log_q = _plateau_logs(theta, v, level)
+    f = m - k
+    ll = float(np.sum(np.where(k > 0, k * log_p, 0.0)) + np.sum(np.where(f > 0, f * log_q, 0.0)))
+    if not grad:
+        return ll
+    dp_p, dp_q = _plateau_dp(theta, v, level)
+    dp_p[k == 0], dp_q[f == 0] = 0.0, 0.0   # 0 * inf: no runs, no term
+    return ll, k @ dp_p - f @ dp_q
+
+
+def _plateau_bounds(level: float) -> list[tuple[float, float]]:
+    """Box bounds of ``(b, l, h)``: ``0 <= b <= _B_MAX``, ``0 <= l < level < h <= 1``."""
+    return [(0.0, _B_MAX), (0.0, level - _GAP), (level + _GAP, 1.0)]
+
+
+def _plateau_fisher(theta, v, k, m, level: float):
+    """Log-likelihood, gradient and Fisher information ``sum m dP dP^T / (P (1 - P))`` (4 x 4)
+    of the plateau model at ``theta`` (``_plateau_loglik``)."""
+    ll, grad = _plateau_loglik(theta, v, k, m, level, grad=True)
+    _, _, _, log_p, _ = _plateau_logs(theta, v, level)
+    p = np.exp(log_p)
+    dp_p, dp_q = _plateau_dp(theta, v, level)
+    ok = (p > 0) & (p < 1)
+    dp = dp_p[ok] * p[ok, None]                     # dP
+    w = m[ok] / (p[ok] * (1 - p[ok]))
+    return ll, grad, (dp * w[:, None]).T @ dp
+
+
+def _box_ascent(theta, free, bounds, v, k, m, level: float) -> tuple[np.ndarray, float]:
+    """Maximize the plateau log-likelihood over ``theta[free]`` within ``bounds`` (one (low,
+    high) per parameter) by projected Fisher scoring with step halving: a coordinate at a bound
+    whose gradient points outward is held. Stops when the scoring decrement ``g^T I^-1 g / 2``
+    over the moving coordinates is below ``_DECREMENT``."""
+    lo, hi = np.array(bounds, dtype=float).T
+    theta = np.clip(np.asarray(theta, dtype=float), lo, hi)
+    ll, g, info = _plateau_fisher(theta, v, k, m, level)
+    for _ in range(_MAX_NEWTON):
+        move = free & ~(((theta <= lo) & (g < 0)) | ((theta >= hi) & (g > 0)))
+        if not move.any():
+            break
+        gi, hi_ = g[move], info[np.ix_(move, move)]
+        hi_ = hi_ + 1e-12 * np.trace(hi_) * np.eye(gi.size)
+        try:
+            step_m = np.linalg.solve(hi_, gi)
+        except np.linalg.LinAlgError:
+            break
+        if not float(gi @ step_m) / 2 >= _DECREMENT:
+            break
+        step = np.zeros_like(theta)
+        step[move] = step_m
+        t = 1.0
+        while t > 1e-10:
+            cand = np.clip(theta + t * step, lo, hi)
+            ll_c = _plateau_loglik(cand, v, k, m, level)
+            if ll_c >= ll:
+                break
+            t /= 2
+        else:
+            break
+        if ll_c - ll < 1e-14 and t < 1:
+            theta = cand
+            break
+        theta = cand
+        ll, g, info = _plateau_fisher(theta, v, k, m, level)
+    return theta, _plateau_loglik(theta, v, k, m, level)
+
+
+def _plateau_profile(v, k, m, level: float, c: float, starts) -> tuple[float, np.ndarray]:
+    """``l_p(c) = max over (b, l, h)`` of the plateau log-likelihood at crossing ``c``
+    (``_box_ascent`` from each of ``starts``); returns ``(l_p, (b, l, h))``."""
+    bounds = [(c, c)] + _plateau_bounds(level)
+    free = np.array([False, True, True, True])
+    best = (-math.inf, None)
+    for z0 in starts:
+        theta, ll = _box_ascent(np.r_[c, z0], free, bounds, v, k, m, level)
+        if ll > best[0]:
+            best = (ll, theta[1:])
+    return best
+
+
+def plateau_mle(v: np.ndarray, y: np.ndarray, level: float = 0.5,
+                start: tuple | None = None) -> tuple[np.ndarray, float]:
+    """Maximum-likelihood ``theta = (c, b, l, h)`` of the plateau model ``P(v) = l + (h - l)
+    F(logit(q) + b (v - c))``, ``q = (level - l) / (h - l)``, increasing in ``v`` (``b >= 0``),
+    for outcomes ``y`` (0/1) at ``v`` (both shape (n,)). ``start``: an extra starting point.
+    Joint ascent in all four parameters (``_box_ascent``) from a few starts (the crossing at
+    the largest rise of the success rate between adjacent ``v``, plateaus at the extreme rates
+    or at 0 and 1), the best kept (the tests check it against a grid search). Returns
+    ``(theta, loglik)``."""
+    vals, inv = np.unique(v, return_inverse=True)
+    m = np.bincount(inv).astype(float)
+    k = np.bincount(inv, weights=np.asarray(y, dtype=float))
+    rate = k / m
+    hi0 = min(max(float(rate.max()), level + 0.05), 0.999)
+    lo0 = max(min(float(rate.min()), level - 0.05), 0.001)
+    b0 = 4.0 / max(float(np.ptp(vals)), 1e-12)
+    jump = int(np.argmax(np.diff(rate))) if vals.size > 1 else 0
+    c_jump = float(vals[jump:jump + 2].mean())
+    cands = [np.array([c_jump, b0, lo0, hi0]), np.array([c_jump, 10 * b0, lo0, hi0]),
+             np.array([c_jump, b0, 0.0, 1.0])]
+    if start is not None:
+        cands.append(np.asarray(start, dtype=float))
+    bounds = [(-math.inf, math.inf)] + _plateau_bounds(level)
+    best = (None, -math.inf)
+    for t0 in cands:
+        theta, ll = _box_ascent(t0, np.ones(4, bool), bounds, vals, k, m, level)
+        if ll > best[1]:
+            best = (theta, ll)
+    return best
+
+
+def _plateau_deff(theta, v, y, level: float, clusters: np.ndarray) -> float:
+    """The design effect of the crossing ``c`` under the plateau model: ``max(1, v_rob /
+    v_naive)`` for ``c``'s variance from the cluster sandwich ``I^-1 B I^-1`` over that from
+    the Fisher information ``I = sum dP dP^T / (P (1 - P))`` (``B``: the outer products of each
+    cluster's summed score, times ``G / (G - 1)``), over the parameters not at a bound (a
+    plateau at 0 or 1 is then fixed). 1 with fewer than 2 clusters."""
+    labels, inv = np.unique(clusters, return_inverse=True)
+    G = labels.size
+    if G < 2:
+        return 1.0
+    _, b, lo, hi = theta
+    free = [0, 1] + ([2] if lo > 1e-8 else []) + ([3] if hi < 1 - 1e-8 else [])
+    _, _, _, log_p, _ = _plateau_logs(theta, v, level)
+    p = np.exp(log_p)
+    dp_p, dp_q = _plateau_dp(theta, v, level)
+    dp_p, dp_q = dp_p[:, free], dp_q[:, free]
+    info = (dp_p * p[:, None]).T @ dp_p + (dp_q * (1 - p)[:, None]).T @ dp_q
+    score = np.where(np.asarray(y, bool)[:, None], dp_p, -dp_q)
+    per = np.zeros((G, len(free)))
+    np.add.at(per, inv, score)
+    B = per.T @ per * G / (G - 1)
+    try:
+        inv_info = np.linalg.inv(info)
+    except np.linalg.LinAlgError:
+        return 1.0
+    naive = float(inv_info[0, 0])
+    robust = float((inv_info @ B @ inv_info)[0, 0])
+    return max(1.0, robust / naive) if naive > 0 and np.isfinite(robust) else 1.0
+
+
 _STORED = object()  # an argument left to the stored spec
 
 
@@ -334,7 +576,7 @@ def contours(runs: pd.DataFrame, along: str | None = None, across: Any = _STORED
              success: dict | None = None, level: float | None = None,
              confidence: float | None = None, log: bool | None = None,
              cell_keys: Sequence[str] | None = None, direction: str | None = None,
-             cluster: str | None = "trial") -> pd.DataFrame:
+             cluster: str | None = "trial", model: str = "logistic") -> pd.DataFrame:
     """One row per slice and value of ``across``: the crossing of ``level`` along ``along``.
 
     Arguments not given come from the adaptive section of the sweep the runs were loaded from
@@ -378,7 +620,7 @@ def contours(runs: pd.DataFrame, along: str | None = None, across: Any = _STORED
     labels = (runs[cluster].to_numpy() if cluster is not None and cluster in runs.columns
               else None)
     cols = groups + ["n_runs", "n_success", "crossing", "crossing_low", "crossing_high",
-                     "slope", "fit_p", "deff", "log", "reason"]
+                     "slope", "fit_p", "deff", "model", "p_low", "p_high", "log", "reason"]
     rows = []
     iterator = (runs.groupby(groups, dropna=False, sort=True).indices.items() if groups
                 else [((), np.arange(len(runs)))])
@@ -386,7 +628,7 @@ def contours(runs: pd.DataFrame, along: str | None = None, across: Any = _STORED
         key = key if isinstance(key, tuple) else (key,)
         fit = fit_crossing(x_all[idx], ok[idx], level, confidence, direction,
                            clusters=None if labels is None else labels[idx], name=along,
-                           show=(lambda v: 10.0 ** v) if log else float)
+                           show=(lambda v: 10.0 ** v) if log else float, model=model)
         if log:
             for c in ("crossing", "crossing_low", "crossing_high"):
                 fit[c] = 10.0 ** fit[c]

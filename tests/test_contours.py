@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.contours import _loglik, contours, fit_crossing, logistic_mle
+from analysis.contours import (_loglik, _plateau_loglik, contours, fit_crossing, logistic_mle,
+                               plateau_mle)
 from pipeline import adaptive
 from pipeline.axes import logspace
 
@@ -208,3 +209,69 @@ def test_coverage_adaptive_with_across_bisection_slow(paired):
     assert tot["covered"] / tot["columns"] >= 0.9
     assert tot["agrees"] / tot["grid_columns"] >= 0.9
     assert tot["runs"] / tot["grid_runs"] <= 0.2
+
+
+# ----------------------------------------------------------------------------- plateau model
+def test_plateau_mle_matches_a_brute_force_grid_maximum():
+    """The plateau MLE against the log-likelihood on a 4-d grid of (c, b, l, h): at least the
+    grid's best, within a few grid spacings of it, and the score vanishes at interior values."""
+    rng = np.random.default_rng(3)
+    v = np.repeat(np.linspace(-2, 2, 7), 30)
+    y = rng.random(v.size) < 0.1 + 0.7 / (1 + np.exp(-3 * (v - 0.3)))
+    theta, ll = plateau_mle(v, y)
+    vals, inv = np.unique(v, return_inverse=True)
+    m, k = np.bincount(inv).astype(float), np.bincount(inv, weights=y.astype(float))
+    axes = [np.linspace(-1, 1.5, 26), np.linspace(0.5, 8, 26), np.linspace(0, 0.45, 19),
+            np.linspace(0.55, 1, 19)]
+    C, B, L, H = np.meshgrid(*axes, indexing="ij")
+    q = (0.5 - L) / (H - L)
+    eta = (np.log(q / (1 - q)) + B * (0 - C))[..., None] + B[..., None] * vals
+    p = L[..., None] + (H - L)[..., None] / (1 + np.exp(-eta))
+    grid = np.sum(k * np.log(p) + (m - k) * np.log1p(-p), axis=-1)
+    best = np.unravel_index(np.argmax(grid), grid.shape)
+    assert ll >= grid.max()
+    for t, ax, i in zip(theta, axes, best):
+        assert abs(t - ax[i]) <= 3 * (ax[1] - ax[0])
+    _, g = _plateau_loglik(theta, vals, k, m, 0.5, grad=True)
+    assert np.abs(g).max() < 1e-4
+
+
+def test_plateau_model_finds_the_cliff_not_the_plateau():
+    """Success 0.8 up to a cliff at log10 alpha = -1 (the real WN-GD shape): the plateau model's
+    crossing is at the cliff, P = 1/2 where 0.8 F = 1/2; the logistic's is pulled to smaller
+    alpha by the plateau's failures. One draw (seed 9; seed 8's 95% interval misses narrowly,
+    as 5% of draws should: the coverage tests are the evidence)."""
+    rng = np.random.default_rng(9)
+    alpha = np.repeat(logspace(-3, 0, 13), 200)
+    x = np.log10(alpha)
+    ok = rng.random(alpha.size) < 0.8 / (1 + np.exp(8 * (x + 1)))
+    truth = -1 - math.log(0.625 / 0.375) / 8
+    pl = contours(frame(alpha, ok), across=None, success=SUCCESS, model="plateau").iloc[0]
+    assert pl["model"] == "plateau" and pl["reason"] == ""
+    assert pl["crossing_low"] <= 10 ** truth <= pl["crossing_high"]
+    assert pl["p_low"] == pytest.approx(0.8, abs=0.03) and pl["p_high"] < 0.01
+    lg = contours(frame(alpha, ok), across=None, success=SUCCESS).iloc[0]
+    assert lg["model"] == "logistic" and not lg["crossing_low"] <= 10 ** truth
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plateau", [False, True])
+def test_coverage_plateau_model_slow(plateau):
+    """``model="plateau"`` on paired full-grid columns (13 alphas x 32 trials, 40 repetitions):
+    in a logistic world and in a plateau world ``P = u F(-4 (log10 alpha + 1.6))``, ``u``
+    uniform in 0.7..0.95 per column (trial t succeeds when its shared uniform is below ``P``:
+    a share ``1 - u`` of trials never succeeds, as in the real data), coverage >= 90%."""
+    alpha = logspace(-3, 0, 13)
+    covered, reps = 0, 40
+    for seed in range(reps):
+        top = float(np.random.default_rng(1000 + seed).uniform(0.7, 0.95)) if plateau else 1.0
+        world = sim.World(seed, -4.0, {"gd": lambda s: -1.6}, 32, paired=True)
+        base = world.p
+        world.p = lambda method, a, s, base=base, top=top: top * base(method, a, s)
+        t = math.log((0.5 / top) / (1 - 0.5 / top)) if top < 1 else 0.0
+        truth = 10.0 ** (-1.6 + t / -4.0)
+        runs = sim.rows(world, {("gd", a, 2): 32 for a in alpha})
+        row = contours(runs, success=SUCCESS, model="plateau").iloc[0]
+        covered += bool(row["crossing_low"] <= truth <= row["crossing_high"])
+    print(f"plateau model, {'plateau' if plateau else 'logistic'} world: {covered}/{reps}")
+    assert covered / reps >= 0.9
