@@ -313,6 +313,20 @@ def fit_crossing(x: np.ndarray, y: np.ndarray, level: float = 0.5, confidence: f
             "crossing_high": m + s * hi}
 
 
+def _quiet(fn):
+    """Run ``fn`` without numpy floating-point warnings: the plateau optimizer tries steps whose
+    probabilities overflow to 0 or 1 and rejects them by their (non-finite) likelihood."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_quiet
 def _plateau_result(out: dict, v, y, theta, ll_max: float, level: float, confidence: float,
                     clusters, sign: float, m: float, s: float, name: str, show,
                     x: np.ndarray) -> dict:
@@ -463,6 +477,7 @@ def _plateau_bounds(level: float) -> list[tuple[float, float]]:
     return [(0.0, _B_MAX), (0.0, level - _GAP), (level + _GAP, 1.0)]
 
 
+@_quiet
 def _plateau_fisher(theta, v, k, m, level: float):
     """Log-likelihood, gradient and Fisher information ``sum m dP dP^T / (P (1 - P))`` (4 x 4)
     of the plateau model at ``theta`` (``_plateau_loglik``)."""
@@ -515,6 +530,7 @@ def _box_ascent(theta, free, bounds, v, k, m, level: float) -> tuple[np.ndarray,
     return theta, _plateau_loglik(theta, v, k, m, level)
 
 
+@_quiet
 def _plateau_profile(v, k, m, level: float, c: float, starts) -> tuple[float, np.ndarray]:
     """``l_p(c) = max over (b, l, h)`` of the plateau log-likelihood at crossing ``c``
     (``_box_ascent`` from each of ``starts``); returns ``(l_p, (b, l, h))``."""
@@ -528,6 +544,7 @@ def _plateau_profile(v, k, m, level: float, c: float, starts) -> tuple[float, np
     return best
 
 
+@_quiet
 def plateau_mle(v: np.ndarray, y: np.ndarray, level: float = 0.5,
                 start: tuple | None = None) -> tuple[np.ndarray, float]:
     """Maximum-likelihood ``theta = (c, b, l, h)`` of the plateau model ``P(v) = l + (h - l)
@@ -559,6 +576,7 @@ def plateau_mle(v: np.ndarray, y: np.ndarray, level: float = 0.5,
     return best
 
 
+@_quiet
 def _plateau_deff(theta, v, y, level: float, clusters: np.ndarray) -> float:
     """The design effect of the crossing ``c`` under the plateau model: ``max(1, v_rob /
     v_naive)`` for ``c``'s variance from the cluster sandwich ``I^-1 B I^-1`` over that from
