@@ -666,8 +666,11 @@ def plot_contours(runs: pd.DataFrame) -> Figure:
         row = crossings[crossings["method"] == method] if "method" in crossings else crossings
         row = row.sort_values(across) if across else row
         ys = row[across].to_numpy(float) if across else np.zeros(len(row))
-        ax.fill_betweenx(ys, row["crossing_low"], row["crossing_high"], color="0.5", alpha=0.35,
-                         lw=0, label=f"{section.confidence:.0%} interval")
+        # an interval reaching beyond the cells drawn (a separated or flat column) is cut there
+        span = (cells["x"].min(), cells["x"].max())
+        ax.fill_betweenx(ys, np.clip(row["crossing_low"], *span),
+                         np.clip(row["crossing_high"], *span), color="0.5", alpha=0.35, lw=0,
+                         label=f"{section.confidence:.0%} interval (cut at the grid's ends)")
         ax.plot(row["crossing"], ys, "o-", color="black", ms=3, lw=1,
                 label=f"P(success) = {section.level:g}")
         if log:
