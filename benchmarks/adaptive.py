@@ -16,6 +16,7 @@ interval for >= 90% of the columns.
 
     python benchmarks/adaptive.py                 # 20 x 50 instances, ~10 minutes on 2 CPUs
     python benchmarks/adaptive.py --quick         # a smaller diagram, ~2 minutes
+    python benchmarks/adaptive.py --refine 3      # the flagship's resolution, ~4 minutes
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller diagram")
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--keep", help="keep both results folders in this folder")
+    parser.add_argument("--refine", type=int, help="bisection levels (default 2; "
+                        "sweeps/robustness-adaptive.yaml uses 3)")
     args = parser.parse_args()
     import analysis
     from pipeline import executors, rounds, sweep
@@ -73,6 +76,8 @@ def main() -> None:
     else:
         size = dict(M=20, N=50, s="[1, 3, 5, 7]", iters=20000)
         design = dict(alpha="{logspace: [-3, 0, 4]}", start=8, most=64, refine=2)
+    if args.refine is not None:
+        design["refine"] = args.refine
     adaptive_text = SWEEP.format(name="bench-adaptive", trials="", alpha=design["alpha"],
                                  adaptive=ADAPTIVE.format(**design), **size)
     spec = parse_spec(adaptive_text)
@@ -100,8 +105,10 @@ def main() -> None:
         grid_runs = analysis.load(str(out["grid"]["folder"]))
         kw = dict(along="alpha", across="s", level=0.5, confidence=0.95,
                   success={"column": "rel_error_l1", "at_most": 1e-2})
-        a = analysis.contours(adaptive_runs, **kw).set_index(["method", "s"])
-        g = analysis.contours(grid_runs, **kw).set_index(["method", "s"])
+        fits = {model: (analysis.contours(adaptive_runs, model=model, **kw)
+                        .set_index(["method", "s"]),
+                        analysis.contours(grid_runs, model=model, **kw).set_index(["method", "s"]))
+                for model in ("logistic", "plateau")}
     executors.shutdown_ray()
 
     print(f"diagram: GD and WN-GD (eta~ 0.1), alpha x s, nonneg, M = {size['M']}, "
@@ -119,21 +126,23 @@ def main() -> None:
         elapsed = _seconds(entry)
         print(f"{entry['round']:>5} {entry['computed']:>6} {entry['tasks']:>6} {elapsed:>8.1f} "
               f"{entry['cpu_utilization']:>8.0%}")
-    print(f"\n{'method':>6} {'s':>3} | {'adaptive crossing [interval]':>34} | "
-          f"{'grid crossing [interval]':>34} | inside")
-    inside = []
-    for key in g.index:
-        ga, aa = g.loc[key], a.loc[key] if key in a.index else None
-        if aa is None or not np.isfinite(ga["crossing"]):
-            flag = "n/a"
-        else:
-            ok = bool(aa["crossing_low"] <= ga["crossing"] <= aa["crossing_high"])
-            inside.append(ok)
-            flag = "yes" if ok else "NO"
-        print(f"{key[0]:>6} {key[1]:>3} | {_fmt(aa)} | {_fmt(ga)} | {flag}")
-    if inside:
-        print(f"grid crossing inside the adaptive interval: {sum(inside)} of {len(inside)} "
-              f"columns ({np.mean(inside):.0%}; target >= 90%)")
+    for model, (a, g) in fits.items():
+        print(f"\ncontour model: {model} (analysis.contours(..., model={model!r}))")
+        print(f"{'method':>6} {'s':>3} | {'adaptive crossing [interval]':>34} | "
+              f"{'grid crossing [interval]':>34} | inside")
+        inside = []
+        for key in g.index:
+            ga, aa = g.loc[key], a.loc[key] if key in a.index else None
+            if aa is None or not np.isfinite(ga["crossing"]):
+                flag = "n/a"
+            else:
+                ok = bool(aa["crossing_low"] <= ga["crossing"] <= aa["crossing_high"])
+                inside.append(ok)
+                flag = "yes" if ok else "NO"
+            print(f"{key[0]:>6} {key[1]:>3} | {_fmt(aa)} | {_fmt(ga)} | {flag}")
+        if inside:
+            print(f"grid crossing inside the adaptive interval: {sum(inside)} of {len(inside)} "
+                  f"columns ({np.mean(inside):.0%}; target >= 90%)")
 
 
 def _fmt(row) -> str:

@@ -103,7 +103,8 @@ def one_repetition(seed: int, k: float, paired: bool, spec: adaptive.AdaptiveSpe
     methods = sorted(x0)
     world = World(seed, k, x0, spec.trials_max, paired)
     cells, n_rounds = run_adaptive(world, spec, methods, base_alpha, base_s)
-    ad = contours(rows(world, cells), success=SUCCESS, confidence=spec.confidence)
+    ad = contours(rows(world, cells), success=SUCCESS, confidence=spec.confidence,
+                  model="logistic")
     ad["truth"] = [world.crossing(m, s) for m, s in zip(ad["method"], ad["s"])]
     ad["covers"] = (ad["crossing_low"] <= ad["truth"]) & (ad["truth"] <= ad["crossing_high"])
     out = dict(seed=seed, rounds=n_rounds, runs=sum(cells.values()), columns=len(ad),
@@ -114,7 +115,8 @@ def one_repetition(seed: int, k: float, paired: bool, spec: adaptive.AdaptiveSpe
     out["grid_runs"] = len(methods) * len(fine_a) * len(fine_s) * spec.trials_max
     if full:
         grid_cells = {(m, a, s): spec.trials_max for m in methods for a in fine_a for s in fine_s}
-        gr = contours(rows(world, grid_cells), success=SUCCESS, confidence=spec.confidence)
+        gr = contours(rows(world, grid_cells), success=SUCCESS, confidence=spec.confidence,
+                      model="logistic")
         both = ad.merge(gr[["method", "s", "crossing", "crossing_low", "crossing_high"]],
                         on=["method", "s"], suffixes=("", "_grid"))
         both["agrees"] = ((both["crossing_low"] <= both["crossing_grid"])

@@ -58,7 +58,7 @@ def test_profile_interval_is_the_likelihood_ratio_set():
     rng = np.random.default_rng(5)
     x = np.repeat(np.linspace(-3, 0, 13), 16)
     y = rng.random(x.size) < 1 / (1 + np.exp(4 * (x + 1.5)))
-    r = fit_crossing(x, y)
+    r = fit_crossing(x, y, model="logistic")
     assert r["reason"] == "" and r["crossing_low"] < r["crossing"] < r["crossing_high"]
     X = np.column_stack([np.ones_like(x), x])
     _, ll_max, _ = logistic_mle(X, y)
@@ -80,7 +80,7 @@ def test_recovers_a_known_crossing():
     rng = np.random.default_rng(11)
     alpha = np.repeat(logspace(-3, 0, 13), 200)
     ok = rng.random(alpha.size) < 1 / (1 + np.exp(6 * (np.log10(alpha) + 1.7)))
-    out = contours(frame(alpha, ok), across=None, success=SUCCESS)
+    out = contours(frame(alpha, ok), across=None, success=SUCCESS, model="logistic")
     row = out.iloc[0]
     assert row["reason"] == "" and bool(row["log"])
     assert row["crossing_low"] <= 10 ** -1.7 <= row["crossing_high"]
@@ -100,7 +100,7 @@ GRID = np.repeat(logspace(-3, 0, 7), 8)
     (np.isin(np.round(np.log10(GRID), 6), [-2.0, -1.5, -1.0]), "slope not significant"),
 ])
 def test_nan_reasons(ok, words):
-    row = contours(frame(GRID, ok), across=None, success=SUCCESS).iloc[0]
+    row = contours(frame(GRID, ok), across=None, success=SUCCESS, model="logistic").iloc[0]
     assert math.isnan(row["crossing"]) and row["reason"].startswith(words), row["reason"]
     assert math.isnan(row["crossing_low"]) and math.isnan(row["crossing_high"])
 
@@ -112,7 +112,7 @@ def test_crossing_outside_the_range():
     for i, v in enumerate(sorted(set(x))):
         at = np.flatnonzero(x == v)
         ok[at[: 7 - i // 2]] = True       # 7, 7, 6, 6, 5, 5, 4 successes of 8
-    row = contours(frame(GRID, ok), across=None, success=SUCCESS).iloc[0]
+    row = contours(frame(GRID, ok), across=None, success=SUCCESS, model="logistic").iloc[0]
     assert row["reason"].startswith("crossing outside the range"), row["reason"]
     assert math.isnan(row["crossing"]) and math.isnan(row["crossing_low"])
 
@@ -120,16 +120,16 @@ def test_crossing_outside_the_range():
 def test_direction_contradicted():
     rng = np.random.default_rng(2)
     ok = rng.random(GRID.size) < 1 / (1 + np.exp(4 * (np.log10(GRID) + 1.5)))
-    good = contours(frame(GRID, ok), across=None, success=SUCCESS, direction="decreasing")
+    good = contours(frame(GRID, ok), across=None, success=SUCCESS, direction="decreasing", model="logistic")
     assert good.iloc[0]["reason"] == ""
-    bad = contours(frame(GRID, ok), across=None, success=SUCCESS, direction="increasing")
+    bad = contours(frame(GRID, ok), across=None, success=SUCCESS, direction="increasing", model="logistic")
     assert bad.iloc[0]["reason"].startswith("slope contradicts direction: fitted decreasing")
 
 
 def test_separation_reports_the_profile_set():
     x = np.log10(GRID)
     ok = x < -1.4                                    # all succeed up to 10^-1.5, none after
-    row = contours(frame(GRID, ok), across=None, success=SUCCESS).iloc[0]
+    row = contours(frame(GRID, ok), across=None, success=SUCCESS, model="logistic").iloc[0]
     assert row["reason"].startswith("separated") and math.isnan(row["crossing"])
     # 8 of 8 at each end of the gap: a crossing beyond either value would give that value's
     # 8 runs probability <= 1/2 each, 2 log-lik units below the supremum: the set is the gap
@@ -137,7 +137,7 @@ def test_separation_reports_the_profile_set():
     assert row["crossing_high"] == pytest.approx(10 ** -1.0, rel=1e-12)
     # with 2 runs per value the ends are not decisive: the set widens beyond the gap
     few = np.repeat(logspace(-3, 0, 7), 2)
-    row = contours(frame(few, np.log10(few) < -1.4), across=None, success=SUCCESS).iloc[0]
+    row = contours(frame(few, np.log10(few) < -1.4), across=None, success=SUCCESS, model="logistic").iloc[0]
     assert row["reason"].startswith("separated")
     assert row["crossing_low"] < 10 ** -1.5 and row["crossing_high"] > 10 ** -1.0
 
@@ -149,7 +149,7 @@ def test_slices_and_columns():
         for s in (2, 4):
             ok = rng.random(GRID.size) < 1 / (1 + np.exp(4 * (np.log10(GRID) + 2 - shift)))
             parts.append(frame(GRID, ok, method=method, s=s, L=2))
-    out = contours(pd.concat(parts, ignore_index=True), success=SUCCESS)
+    out = contours(pd.concat(parts, ignore_index=True), success=SUCCESS, model="logistic")
     assert list(out.columns[:2]) == ["method", "s"] and "L" not in out.columns  # L: one value
     assert len(out) == 4 and (out["n_runs"] == GRID.size).all()
 
@@ -164,7 +164,7 @@ def test_coverage_full_grid_by_simulation():
     for seed in range(reps):
         world = sim.World(seed, -4.0, {"gd": lambda s: -1.6}, 32, paired=True)
         runs = sim.rows(world, {("gd", a, 2): 32 for a in alpha})
-        row = contours(runs, success=SUCCESS).iloc[0]
+        row = contours(runs, success=SUCCESS, model="logistic").iloc[0]
         covered += bool(row["crossing_low"] <= 10 ** -1.6 <= row["crossing_high"])
     print(f"full grid: covered {covered}/{reps}")
     assert covered / reps >= 0.9
@@ -183,7 +183,7 @@ def test_coverage_adaptive_by_simulation():
         world = sim.World(seed, -4.0, x0, spec.trials_max, paired=True)
         cells, _ = sim.run_adaptive(world, spec, ["gd"], base, [0, 1])
         runs += sum(cells.values())
-        out = contours(sim.rows(world, cells), success=SUCCESS)
+        out = contours(sim.rows(world, cells), success=SUCCESS, model="logistic")
         truth = 10.0 ** (-1.5 + 0.3 * out["s"])
         covered += int(((out["crossing_low"] <= truth) & (truth <= out["crossing_high"])).sum())
         total += len(out)
@@ -250,7 +250,7 @@ def test_plateau_model_finds_the_cliff_not_the_plateau():
     assert pl["model"] == "plateau" and pl["reason"] == ""
     assert pl["crossing_low"] <= 10 ** truth <= pl["crossing_high"]
     assert pl["p_low"] == pytest.approx(0.8, abs=0.03) and pl["p_high"] < 0.01
-    lg = contours(frame(alpha, ok), across=None, success=SUCCESS).iloc[0]
+    lg = contours(frame(alpha, ok), across=None, success=SUCCESS, model="logistic").iloc[0]
     assert lg["model"] == "logistic" and lg["crossing"] < pl["crossing_low"]
 
 
