@@ -114,10 +114,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                               task_seconds=args.task_seconds))
         return 0
     if args.command == "run":
-        if not args.verbose and args.executor == "serial":  # solves in this process
-            from pipeline.families.diagonal.reference import silence_highs_banner
+        if not args.verbose and args.executor == "serial":  # computes in this process
+            from pipeline import families
 
-            silence_highs_banner()
+            for family in families.REGISTRY.values():
+                family.quiet()
         outcome = sweep.run_sweep(
             args.sweep, out=args.out, executor=args.executor, address=args.address,
             force=args.force, progress=False if args.no_progress else None,

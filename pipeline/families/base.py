@@ -96,6 +96,8 @@ class Family:
     takes_file:       whether ``problem.file`` (a user's instance) can hold its problem.
     check:            rules across its axes, on the values its instances get: ``(field,
                       message)`` of the first violated one, or None.
+    quiet:            called before a quiet run computes in the driver's own process (serial):
+                      keeps what its libraries print on their own (a solver's banner) away.
     cost:             ``(instance, its runs) -> seconds``, the planner's upper estimate.
     run:              the computation (``RunFunction``).
     """
@@ -116,6 +118,7 @@ class Family:
     recovery_column: str | None = None
     takes_file: bool = False
     check: Callable[[dict[str, tuple]], tuple[str, str] | None] = field(default=no_rules)
+    quiet: Callable[[], None] = field(default=lambda: None)
 
     def __post_init__(self) -> None:
         for name, kind in (*self.run_columns, *self.instance_columns):

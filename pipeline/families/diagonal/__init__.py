@@ -61,6 +61,12 @@ def _cost(inst, runs) -> float:
     return BP_SECONDS + iterations * run_step_seconds(inst.M, inst.N, inst.sign == "signed")
 
 
+def _quiet() -> None:
+    from pipeline.families.diagonal.reference import silence_highs_banner  # cvxpy, highspy
+
+    silence_highs_banner()
+
+
 def _run(context: RunContext, instances, runs_by_instance):
     from pipeline.families.diagonal.run import run_instances  # the engine: numba, cvxpy
 
@@ -90,4 +96,5 @@ FAMILY = Family(
     check=at_most("s", "M", "problem.sparsity"),
     cost=_cost,
     run=_run,
+    quiet=_quiet,
 )
