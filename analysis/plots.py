@@ -639,7 +639,7 @@ def plot_contours(runs: pd.DataFrame) -> Figure:
     black dot, its confidence interval a grey band. ``along``, ``across``, the success criterion
     and the level come from the stored adaptive section (``runs.attrs["adaptive"]``)."""
     from analysis.contours import contours
-    from pipeline.adaptive import AdaptiveSpec, cell_interval, success_array
+    from pipeline.adaptive import AdaptiveSpec, cell_status, success_array
 
     stored = runs.attrs.get("adaptive") or {}
     section = AdaptiveSpec(**stored)
@@ -656,8 +656,7 @@ def plot_contours(runs: pd.DataFrame) -> Figure:
     fig, axes = _figure(1, len(methods), sharey=True, cbar=True)
     for ax, method in zip(axes[0], methods):
         c = cells[cells["method"] == method]
-        undecided = [cell_interval(int(x), int(n), section)[0] <= section.level
-                     <= cell_interval(int(x), int(n), section)[1]
+        undecided = [cell_status(int(x), int(n), section) in ("undecided", "limit")
                      for x, n in zip(c["sum"], c["size"])]
         points = ax.scatter(c["x"], c["y"], c=c["sum"] / c["size"], cmap="viridis", vmin=0,
                             vmax=1, marker="s", s=12 + 60 * np.sqrt(c["size"] / c["size"].max()),

@@ -219,6 +219,17 @@ def _clopper_pearson(x: int, n: int, e: float) -> tuple[float, float]:
     return low, high
 
 
+def cell_status(successes: int, trials: int, spec: AdaptiveSpec) -> str:
+    """A cell's state after a look: ``"below"`` / ``"above"`` (its interval, ``cell_interval``,
+    lies below / above ``level``), ``"limit"`` (undecided at ``max`` trials) or ``"undecided"``."""
+    low, high = cell_interval(successes, trials, spec)
+    if high < spec.level:
+        return "below"
+    if low > spec.level:
+        return "above"
+    return "limit" if trials >= spec.trials_max else "undecided"
+
+
 def decided(low: float, high: float, level: float) -> bool:
     """Whether the interval ``[low, high]`` excludes ``level`` (a closed interval: touching
     ``level`` is not deciding it)."""
@@ -373,15 +384,8 @@ def next_round(cells: Mapping[Key, tuple[int, int]], spec: AdaptiveSpec,
     status: dict[Key, str] = {}
     for k in keys:
         x, n = cells[k]
-        low, high = cell_interval(x, n, spec)
-        if high < spec.level:
-            status[k] = "below"
-        elif low > spec.level:
-            status[k] = "above"
-        elif n >= most:
-            status[k] = "limit"
-        else:
-            status[k] = "undecided"
+        status[k] = cell_status(x, n, spec)
+        if status[k] == "undecided":
             trials[k] = start if 2 * n < start else min(2 * n, most)
 
     def side(k: Key) -> int | None:

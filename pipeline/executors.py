@@ -82,6 +82,15 @@ class ExecutionReport:
     def fail(self, task: Task | LazyTask, exc: BaseException) -> None:
         self.failed.append((_task_id(task), f"{type(exc).__name__}: {exc}"))
 
+    def absorb(self, other: ExecutionReport) -> None:
+        """Add ``other``'s counts to these (a sweep run as several executions: adaptive rounds);
+        ``seconds`` is the caller's, the elapsed time of the whole."""
+        self.completed += other.completed
+        self.failed += other.failed
+        self.written_by_driver += other.written_by_driver
+        self.write_problem = self.write_problem or other.write_problem
+        self.busy_seconds += other.busy_seconds
+
     def count(self, done: Completed) -> None:
         self.completed += 1
         self.busy_seconds += done.seconds

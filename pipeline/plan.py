@@ -134,14 +134,17 @@ class Plan:
         return frozenset(r.run_id for r in self.runs)
 
     def tasks(self, done: frozenset[str] | set[str] = frozenset(),
-              task_seconds: float = TASK_SECONDS, min_tasks: int = 1) -> list[Task]:
+              task_seconds: float = TASK_SECONDS, min_tasks: int = 1,
+              overhead_floor: bool = True) -> list[Task]:
         """Tasks computing every run not in ``done``: whole instances (an instance is never
         split), in plan order, packed greedily into tasks of about equal estimated work, each at
         most ``task_seconds`` (or one instance). There are at least ``min_tasks`` tasks (so that
         every worker gets work) unless that would make a task so small that the engine's fixed
         cost per step exceeds MAX_OVERHEAD_SHARE of its work (a task's instances share that
-        cost: the more runs per engine call, the faster each run). The grouping does not change
-        any result: a run's numbers do not depend on what else shares its engine call."""
+        cost: the more runs per engine call, the faster each run), or, with ``overhead_floor``
+        False, in any case (an adaptive round: the next round waits for this one's last task).
+        The grouping does not change any result: a run's numbers do not depend on what else
+        shares its engine call."""
         by_instance: dict[str, list[Run]] = {}
         for run in self.runs:
             if run.run_id not in done:
@@ -153,7 +156,7 @@ class Plan:
         costs = [instance_cost(inst, runs) for inst, runs in pending]
         total = sum(costs)
         steps = max(r.max_iters for _, runs in pending for r in runs)
-        floor = steps * STEP_OVERHEAD_SECONDS / MAX_OVERHEAD_SHARE
+        floor = steps * STEP_OVERHEAD_SECONDS / MAX_OVERHEAD_SHARE if overhead_floor else 0.0
         target = min(task_seconds, max(total / max(min_tasks, 1), floor))
         n_tasks = min(len(pending), max(1, math.ceil(total / target - 1e-9)))
         share = total / n_tasks * (1 + 1e-9)  # equal shares: the last task is not a remainder

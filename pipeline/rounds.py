@@ -90,12 +90,7 @@ def key_names(spec: SweepSpec) -> tuple[str, ...]:
     """The parameters a cell key holds, after ``method``: every parameter column with more than
     one value in the sweep, and ``along`` / ``across``, in table order."""
     a = spec.adaptive
-    values: dict[str, set] = {}
-    for name, vals in spec.axes.items():
-        values.setdefault(name, set()).update(vals)
-    for method in spec.methods:
-        for name, vals in method.axes.items():
-            values.setdefault(name, set()).update(vals)
+    values = spec.values()
     wanted = {a.along, a.across} - {None}
     return ("method", *(p.name for p in PARAMS if p.column and p.name in values
                         and (len(values[p.name]) > 1 or p.name in wanted)))
@@ -112,14 +107,13 @@ def axis_kind(spec: SweepSpec, name: str) -> str:
         return "integer"
     if BY_NAME[name].kind == "str":
         return "category"
-    values = [v for v in _values(spec, name) if v is not None]
+    values = _values(spec, name)
     return "log" if min(values) > 0 and max(values) >= 10 * min(values) else "linear"
 
 
 def _values(spec: SweepSpec, name: str) -> tuple:
-    if name in spec.axes:
-        return tuple(spec.axes[name])
-    return tuple(dict.fromkeys(v for m in spec.methods for v in m.axes.get(name, ())))
+    """The values axis ``name`` takes in the sweep (``SweepSpec.values``), nulls left out."""
+    return tuple(v for v in spec.values()[name] if v is not None)
 
 
 def with_values(spec: SweepSpec, name: str, values: tuple) -> SweepSpec:
@@ -176,9 +170,8 @@ def replay(spec: SweepSpec, outcomes: Mapping[str, bool]) -> Replay:
                           _stored_status(spec, asked, run_of, outcomes), False)
         cells = {k: (sum(outcomes[run_of[(k, t)]] for t in range(n)), n)
                  for k, n in asked.items()}
-        grid = [adaptive.axis(n, axis_kind(spec, n), base.get(n, ()), grid_values.get(n, ()))
-                if n in base else adaptive.axis(n, "category", (), ()) for n in names]
-        grid = [_category(g, cells, names) if g.kind == "category" else g for g in grid]
+        grid = [adaptive.axis(n, axis_kind(spec, n), base[n], grid_values[n]) if n in base
+                else _category(n, cells, names) for n in names]
         plan = adaptive.next_round(cells, a, grid)
         counts = {s: sum(1 for v in plan.status.values() if v == s)
                   for s in ("below", "above", "undecided", "limit")}
@@ -191,16 +184,16 @@ def replay(spec: SweepSpec, outcomes: Mapping[str, bool]) -> Replay:
             grid_values[name] = tuple(sorted(set(grid_values[name]) | {v for v, _ in made},
                                              key=adaptive._order1))
             current = with_values(current, name, grid_values[name])
-        want = {**{k: n for k, n in asked.items()}, **plan.trials}
+        want = {**asked, **plan.trials}
         index += 1
 
 
-def _category(ax: adaptive.Axis, cells: Mapping[Key, tuple[int, int]],
+def _category(name: str, cells: Mapping[Key, tuple[int, int]],
               names: tuple[str, ...]) -> adaptive.Axis:
     """A never-bisected axis, with the values its cells have."""
-    i = names.index(ax.name)
+    i = names.index(name)
     values = tuple(sorted({k[i] for k in cells}, key=adaptive._order1))
-    return adaptive.Axis(ax.name, "category", values, (0,) * len(values))
+    return adaptive.Axis(name, "category", values, (0,) * len(values))
 
 
 def _base_cells(spec: SweepSpec, names: tuple[str, ...]) -> list[Key]:
@@ -249,13 +242,10 @@ def _stored_status(spec: SweepSpec, asked: Mapping[Key, int],
                    outcomes: Mapping[str, bool]) -> dict[Key, str]:
     """The cells' states as the stored runs stand, for ``status`` mid-round: each cell's counts
     over its stored trials, decided as a round would decide them."""
-    a = spec.adaptive
     out = {}
     for key, n in asked.items():
         done = [outcomes[run_of[(key, t)]] for t in range(n) if run_of.get((key, t)) in outcomes]
-        low, high = adaptive.cell_interval(sum(done), len(done), a)
-        out[key] = ("below" if high < a.level else "above" if low > a.level else
-                    "limit" if len(done) >= a.trials_max else "undecided")
+        out[key] = adaptive.cell_status(sum(done), len(done), spec.adaptive)
     return out
 
 

@@ -163,6 +163,10 @@ class SweepSpec:
         """The normalized spec (defaults filled in, axes as lists), as hashed."""
         return json.loads(self.canonical_json)
 
+    def values(self) -> dict[str, tuple]:
+        """Every parameter's values in the sweep (``_swept_values``)."""
+        return _swept_values(self.axes, self.methods)
+
     def same_runs(self, canonical: dict) -> bool:
         """Whether ``canonical`` (another spec's ``to_dict()``, as a results folder's manifest
         stores it) names the same runs with the same settings, compared at the precision of run
@@ -170,6 +174,18 @@ class SweepSpec:
         axis values that differed in their last bits (numpy's logspace on AVX-512 machines,
         before ``pipeline.axes``), so that its folder is recognised as this sweep's."""
         return _at_identity_precision(canonical) == _at_identity_precision(self.to_dict())
+
+
+def _swept_values(axes: dict[str, tuple], methods: tuple[MethodSpec, ...]) -> dict[str, tuple]:
+    """Every parameter's values in a sweep: its shared axis, or the union of the methods' own
+    axes, in first-seen order (``None`` included where a family does not take it)."""
+    out: dict[str, dict] = {}
+    for name, vals in axes.items():
+        out.setdefault(name, {}).update(dict.fromkeys(vals))
+    for method in methods:
+        for name, vals in method.axes.items():
+            out.setdefault(name, {}).update(dict.fromkeys(vals))
+    return {name: tuple(vals) for name, vals in out.items()}
 
 
 def _at_identity_precision(value: Any) -> Any:
@@ -560,13 +576,9 @@ def _adaptive(v: _Validator, doc: dict, axes: dict[str, tuple], methods: tuple[M
         trials_max=integer(trials.get("max", 64), "adaptive.trials.max"),
         confidence=number(raw.get("confidence", 0.95), "adaptive.confidence"),
         refine=integer(raw.get("refine", 3), "adaptive.refine"))
-    values: dict[str, set] = {}
-    for name, vals in axes.items():
-        values.setdefault(name, set()).update(x for x in vals if x is not None)
-    for method in methods:
-        for name, vals in method.axes.items():
-            values.setdefault(name, set()).update(x for x in vals if x is not None)
-    swept = {name: tuple(vals) for name, vals in values.items() if len(vals) > 1}
+    values = {name: tuple(x for x in vals if x is not None)
+              for name, vals in _swept_values(axes, methods).items()}
+    swept = {name: vals for name, vals in values.items() if len(vals) > 1}
     for name in (section.along, section.across):
         if name is not None and name in values and len(values[name]) == 1:
             swept[name] = tuple(values[name])  # adaptive.validate names it: one value

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from pipeline import adaptive, executors, rounds
-from pipeline.plan import (TASK_SECONDS, LazyTask, Plan, count_runs, instance_cost,
-                           lazy_tasks, run_count_factors, summarize_lazy)
+from pipeline.plan import (TASK_SECONDS, LazyTask, Plan, count_runs, lazy_tasks,
+                           run_count_factors, summarize_lazy)
 from pipeline.results import lock, store
 from pipeline.spec import SpecError, SweepSpec, load_spec, parse_spec
 
@@ -155,8 +155,7 @@ def _adaptive_plan(spec: SweepSpec, out: str, done: store.RunIds, executor: str,
         return "\n".join(lines)
     runs = [r for _, rs in state.pending for r in rs]
     plan = Plan(spec=state.spec, instances=tuple(i for i, _ in state.pending), runs=tuple(runs))
-    tasks = plan.tasks(task_seconds=_round_task_seconds(plan, task_seconds, floor),
-                       min_tasks=floor)
+    tasks = plan.tasks(task_seconds=task_seconds, min_tasks=floor, overhead_floor=False)
     note = _tasks_note(executor, cpus, len(tasks), floor, task_seconds)
     lines.append(f"round {state.round}:   {len(runs)} runs to compute"
                  + (f" ({state.rounds[-1].stored} of the round stored)" if len(done) else "")
@@ -255,15 +254,16 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
             entry = {"started": store.now(), "executor": executor, "planned": planned,
                      "quarantined": [s.task_id for s in inventory.corrupt]}
             if spec.adaptive is not None:
-                pending, computed, report, seconds, planned = _run_rounds(
+                already, tasks, computed, report, planned = _run_rounds(
                     spec, results, manifest, entry, executor, cpus, floor, task_seconds,
                     progress)
             else:
                 pending = Pending(lazy_tasks(spec, task_seconds=task_seconds, min_tasks=floor),
                                   inventory.run_ids)
                 todo = planned - min(len(inventory.run_ids), planned)  # the bar's total
-                computed, report, seconds = _execute(pending, todo, executor, results, manifest,
-                                                     entry, spec.name, progress)
+                computed, report = _execute(pending, todo, executor, results, manifest, entry,
+                                            spec.name, progress)
+                already, tasks = pending.already, pending.tasks
         except store.StoreWriteError as exc:  # say how much is stored: the rerun resumes it
             exc.planned, exc.stored = planned, _stored_count(results)
             write_failed = True
@@ -278,8 +278,8 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
                 results.clean_temporaries()
             except Exception:  # noqa: BLE001  (the next run removes them)
                 pass
-    return SweepOutcome(out=out, planned=planned, already=pending.already, computed=computed,
-                        tasks=pending.tasks, failed=report.failed, seconds=seconds,
+    return SweepOutcome(out=out, planned=planned, already=already, computed=computed,
+                        tasks=tasks, failed=report.failed, seconds=report.seconds,
                         written_by_driver=report.written_by_driver,
                         write_problem=report.write_problem)
 
@@ -287,58 +287,37 @@ def run_sweep(spec_path: str, out: str | None = None, executor: str = "ray",
 def _run_rounds(spec: SweepSpec, results: store.ResultsStore, manifest: dict, entry: dict,
                 executor: str, cpus: int, floor: int, task_seconds: float,
                 progress: bool | None
-                ) -> tuple[Pending, int, executors.ExecutionReport, float, int]:
+                ) -> tuple[int, int, int, executors.ExecutionReport, int]:
     """An adaptive sweep (``pipeline.rounds``): replay the rounds from the stored outcomes, run
     the missing runs of the first incomplete round as ordinary tasks, and again, until the replay
-    is done (or tasks failed: the rest waits for a rerun). Each executed round is one invocation
-    entry in the manifest, with its round, task ids and CPU utilization. Returns what
-    ``_execute`` returns, summed over the rounds, with the counts of a ``Pending`` (runs stored
-    before, tasks run), and the runs the rounds asked for so far."""
+    is done (or tasks failed: the rest waits for a rerun). A round's tasks are cut to
+    ``floor`` (8 per CPU) even below the size their fixed cost would otherwise set: the next
+    round waits for this one's last task. Each executed round is one invocation entry in the
+    manifest, with its round, task ids and CPU utilization. Returns the runs stored before, the
+    tasks run, the runs computed, the rounds' reports summed, and the runs the rounds asked for
+    so far."""
     start = time.perf_counter()
     computed, total = 0, executors.ExecutionReport()
-    first: Pending | None = None
-    while True:
-        state = rounds.replay(spec, _outcomes(results, spec.adaptive))
-        if first is None:
-            already = sum(r.stored for r in state.rounds)
-        if state.done:
-            break
-        batch = state.pending
-        plan = Plan(spec=state.spec, instances=tuple(i for i, _ in batch),
-                    runs=tuple(r for _, runs in batch for r in runs))
-        tasks = Pending(plan.tasks(task_seconds=_round_task_seconds(plan, task_seconds, floor),
-                                   min_tasks=floor), store.RunIds())
+    state = rounds.replay(spec, _outcomes(results, spec.adaptive))
+    already = sum(r.stored for r in state.rounds)
+    while not state.done:
+        plan = Plan(spec=state.spec, instances=tuple(i for i, _ in state.pending),
+                    runs=tuple(r for _, runs in state.pending for r in runs))
+        tasks = Pending(plan.tasks(task_seconds=task_seconds, min_tasks=floor,
+                                   overhead_floor=False), store.RunIds())
         record = state.rounds[-1]
         round_entry = {**entry, "started": store.now(), "round": record.index,
                        "round_runs": record.runs}
-        done, report, seconds = _execute(tasks, len(plan.runs), executor, results, manifest,
-                                         round_entry, f"{spec.name} round {record.index}",
-                                         progress, cpus=cpus)
-        first = first or tasks
+        done, report = _execute(tasks, len(plan.runs), executor, results, manifest, round_entry,
+                                f"{spec.name} round {record.index}", progress, cpus=cpus)
         computed += done
-        total.completed += report.completed
-        total.failed += report.failed
-        total.written_by_driver += report.written_by_driver
-        total.write_problem = total.write_problem or report.write_problem
-        total.busy_seconds += report.busy_seconds
+        total.absorb(report)
         if report.failed:
             break
-    pending = Pending([], store.RunIds())
-    pending.already, pending.tasks = already, total.completed + len(total.failed)
+        state = rounds.replay(spec, _outcomes(results, spec.adaptive))
     total.seconds = time.perf_counter() - start
-    return pending, computed, total, total.seconds, sum(r.runs for r in state.rounds)
-
-
-def _round_task_seconds(plan: Plan, task_seconds: float, floor: int) -> float:
-    """The task size of an adaptive round: small enough for ``floor`` tasks (8 per CPU), even
-    below the size a task's fixed cost would otherwise set (``plan.MAX_OVERHEAD_SHARE``): the
-    next round waits for this one's last task, so every CPU should be busy to the end."""
-    by_instance: dict[str, list] = {}
-    for run in plan.runs:
-        by_instance.setdefault(run.instance_id, []).append(run)
-    total = sum(instance_cost(inst, by_instance.get(inst.instance_id, []))
-                for inst in plan.instances)
-    return min(task_seconds, total / max(floor, 1)) if total > 0 else task_seconds
+    return (already, total.completed + len(total.failed), computed, total,
+            sum(r.runs for r in state.rounds))
 
 
 def _outcomes(results: store.ResultsStore, section: adaptive.AdaptiveSpec) -> dict[str, bool]:
@@ -358,11 +337,11 @@ def _outcomes(results: store.ResultsStore, section: adaptive.AdaptiveSpec) -> di
 
 def _execute(tasks: Pending, todo: int, executor: str, results: store.ResultsStore,
              manifest: dict, entry: dict, name: str, progress: bool | None, cpus: int = 1
-             ) -> tuple[int, executors.ExecutionReport, float]:
+             ) -> tuple[int, executors.ExecutionReport]:
     """Run the tasks, each writing its shards where it ran when it can (the driver writes those
     handed back), track completion, and record the invocation (``entry``) in the manifest, with
     the task ids and the CPU utilization (the tasks' wall time over ``cpus`` x the elapsed).
-    Returns (runs computed, the executor's report, seconds)."""
+    Returns the runs computed and the executor's report (``seconds``: this call's elapsed)."""
     ids: list[str] = []
     # progress None: a bar on terminals only (tqdm's disable=None)
     bar = tqdm(total=todo, unit="run", desc=name,
@@ -397,7 +376,8 @@ def _execute(tasks: Pending, todo: int, executor: str, results: store.ResultsSto
     if "round" in entry:  # an adaptive round: which tasks it made (its runs' shards)
         entry["task_ids"] = sorted(ids)
     store.record_invocation(results, manifest, entry)
-    return computed, report, time.perf_counter() - start
+    report.seconds = time.perf_counter() - start
+    return computed, report
 
 
 def status_text(out: str) -> tuple[str, bool]:
