@@ -120,10 +120,10 @@ def plan_text(spec_path: str, out: str | None = None, max_runs: int = MAX_RUNS,
     _check_executor(executor)
     out = out or default_out(spec)
     cpus = executors.planned_cpus(address, num_cpus) if executor == "ray" else 1
-    done = _stored_run_ids(out)
     floor = min_tasks(executor, cpus)
     if spec.adaptive is not None:
-        return _adaptive_plan(spec, out, done, executor, cpus, floor, task_seconds)
+        return _adaptive_plan(spec, out, executor, cpus, floor, task_seconds)
+    done = _stored_run_ids(out)
     pending = Pending(lazy_tasks(spec, task_seconds=task_seconds, min_tasks=floor), done)
     tasks = list(pending)
     note = _tasks_note(executor, cpus, len(tasks), floor, task_seconds)
@@ -133,8 +133,8 @@ def plan_text(spec_path: str, out: str | None = None, max_runs: int = MAX_RUNS,
     return text
 
 
-def _adaptive_plan(spec: SweepSpec, out: str, done: store.RunIds, executor: str, cpus: int,
-                   floor: int, task_seconds: float) -> str:
+def _adaptive_plan(spec: SweepSpec, out: str, executor: str, cpus: int, floor: int,
+                   task_seconds: float) -> str:
     """``plan`` for an adaptive sweep: the round in progress (replayed from what ``out``
     holds), its tasks, and the bounds: the full grid at the finest resolution with max trials."""
     results = store.ResultsStore(out)
@@ -158,7 +158,7 @@ def _adaptive_plan(spec: SweepSpec, out: str, done: store.RunIds, executor: str,
     tasks = plan.tasks(task_seconds=task_seconds, min_tasks=floor, overhead_floor=False)
     note = _tasks_note(executor, cpus, len(tasks), floor, task_seconds)
     lines.append(f"round {state.round}:   {len(runs)} runs to compute"
-                 + (f" ({state.rounds[-1].stored} of the round stored)" if len(done) else "")
+                 + (f" ({state.rounds[-1].stored} of the round stored)" if outcomes else "")
                  + f", in {len(tasks)} tasks ({note})")
     return "\n".join(lines)
 
