@@ -453,6 +453,23 @@ class _Validator:
         return tuple(out)
 
 
+    def method_rules(self, problem: ProblemSpec, axes: dict[str, tuple],
+                     methods: tuple[MethodSpec, ...]) -> None:
+        """Each family's rules (``Family.check``) once more per method, on the instance axes
+        with that method's own axes and name (a batch at most M). An instance file gives M."""
+        shape = {"M": (problem.file_shape[0],)} if problem.file is not None else {}
+        for f in self.families:
+            for m in methods:
+                if f not in METHOD_FAMILIES[m.name]:
+                    continue
+                own = {name: self.family_values(BY_NAME[name], values, f)
+                       for name, values in axes.items()}
+                own.update(shape, **m.axes, method=(m.name,))
+                violated = family_registry.family(f).check(own)
+                if violated:
+                    raise self.fail(*violated)
+
+
 # ---------------------------------------------------------------------------------------- parse
 
 def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None) -> SweepSpec:
@@ -487,6 +504,7 @@ def parse_spec(text: str, source: str = "<string>", base_dir: str | None = None)
     for section in ("model", "init"):
         axes.update(v.shared_axes(doc, section))
     methods = v.methods(doc)
+    v.method_rules(problem, axes, methods)
     axes.update(v.shared_axes(doc, "train"))
 
     solver = v.section(doc, "reference", ("solver",)).get("solver", "HIGHS")

@@ -50,7 +50,8 @@ def identity(path: str) -> dict:
             values[p.field()] = spec.axes[p.name]
     for method in spec.methods:
         for name, vals in method.axes.items():
-            values[next(p for p in PARAMS if p.name == name).field(method.name)] = vals
+            if vals != (None,):  # (None,): not a parameter of the sweep's family
+                values[next(p for p in PARAMS if p.name == name).field(method.name)] = vals
     return {
         "runs": len(runs),
         "run_ids_sha256": hashlib.sha256("\n".join(runs).encode()).hexdigest(),

@@ -43,13 +43,20 @@ def _grid(signed: bool, seed: int = 0) -> dict:
 
 
 def _step(g: dict, signed: bool, k: int = 5, flush: bool = False):
-    """One ``kernels.step`` call on the grid (changes it in place); returns (loss, stop, count)."""
+    """One ``kernels.step`` call on the grid (changes it in place); returns (loss, stop, count).
+    The grid's optional ``batch``, ``order``, ``xi``, ``xi_row``, ``accumulate`` and ``rsum``
+    default to full-batch rows without label noise that accumulate nothing."""
     loss, stop = np.zeros((K, B)), np.zeros((K, B), dtype=np.int64)
     AT = np.ascontiguousarray(g["A"].transpose(0, 2, 1))
+    stochastic = (g.get("batch", np.full((K, B), M, dtype=np.int64)),
+                  g.get("order", np.zeros((K, B, 0), dtype=np.int64)),
+                  g.get("xi", np.zeros((0, 1, M))), g.get("xi_row", np.full((K, B), -1)),
+                  0, g.get("accumulate", np.zeros((K, B), dtype=bool)),
+                  g.get("rsum", np.zeros((K, B, 0))))
     stopping = kernels.step(g["A"], AT, g["b"], g["v"], g["live"], g["polar"], g["normalized"],
                             g["depth"], g["eta"], g["eta_ratio"], g["r"], g["r0"], g["nu"],
                             g["loss_limit"], g["tol"], g["max_iters"], np.full((K, B), 0.3),
-                            signed, k, flush, loss, stop)
+                            signed, k, flush, loss, stop, *stochastic)
     return loss, stop, stopping
 
 

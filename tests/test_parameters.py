@@ -30,7 +30,7 @@ import yaml
 from analysis.aggregate import cell_stats
 from pipeline import parameters
 from pipeline.families.diagonal.dynamics import RunConfig
-from pipeline.families.diagonal.run import engine_config as _config
+from pipeline.families.diagonal.run import engine_config as _config, stream_seed
 from pipeline.families.twolayer.engine import TwoLayerConfig
 from pipeline.families.twolayer.run import engine_config as _twolayer_config
 from pipeline.parameters import PARAMS, RUN_PARAMS, Param
@@ -63,7 +63,8 @@ TWOLAYER = {
 #: A valid value of each parameter other than the one BASE gives (or its default).
 OTHER = {"sign": "signed", "M": 5, "N": 9, "s": 3, "L": 3, "init": "random", "alpha": 0.2,
          "eta": 0.02, "eta_ratio": 0.5, "schedule": "normalized", "max_iters": 30, "tol": 1e-9,
-         "checkpoints": 8, "family": "twolayer", "outputs": 2, "width": 7, "imbalance": 1.5}
+         "checkpoints": 8, "family": "twolayer", "outputs": 2, "width": 7, "imbalance": 1.5,
+         "noise": 0.1, "batch": 2, "label_noise": 0.05}
 
 
 def _method(p: Param) -> str | None:
@@ -145,6 +146,8 @@ def test_validation_follows_the_table(p: Param):
 def test_identity_and_canonical_spec_follow_the_table(p: Param):
     base = _spec(_base(p))
     base_value = (base.methods[-1].axes if p.methods else base.axes)[p.name][0]
+    if base_value is None:  # a default that is "omitted" (batch: all M): a second given value
+        base_value = 1
     one = _spec(_with(p, OTHER[p.name]))
     both = _spec(_with(p, [OTHER[p.name], base_value]))
     canonical = both.to_dict()
@@ -232,7 +235,8 @@ def test_engine_config_and_rows_follow_the_table():
     }
     for row in rows:
         run = by_id[row["run_id"]]
-        assert _config(inst, run) == expected[run.method]
+        assert _config(inst, run) == dataclasses.replace(expected[run.method],
+                                                         seed=stream_seed(run.run_id))
         for p in RUN_PARAMS:
             value = run.params[p.name]
             if p.column:
@@ -313,7 +317,7 @@ def test_runs_differing_in_one_parameter_are_different_cells(p: Param):
            "M": 4, "N": 8, "s": 2, "L": 2, "init": "constant", "alpha": 0.1, "eta": 0.05,
            "eta_ratio": 1.0, "schedule": "constant", "max_iters": 20, "tol": 1e-12,
            "family": "diagonal", "outputs": None, "width": None, "imbalance": None,
-           "status": "converged", "iterations": 3, "error_l1": 1.0, "rel_error_l1": 0.5}
+           "noise": 0.0, "batch": None, "label_noise": 0.0, "status": "converged", "iterations": 3, "error_l1": 1.0, "rel_error_l1": 0.5}
     other = {**row, "run_id": "r2", p.name: OTHER[p.name]}
     assert set(row) >= set(parameters.COLUMNS)
     stats = cell_stats(pd.DataFrame([row, other]))

@@ -149,9 +149,9 @@ def test_example_from_sweeps_md():
     assert ax["alpha"][0] == pytest.approx(1e-3) and ax["alpha"][-1] == pytest.approx(1.0)
     assert ax["alpha"][4] == pytest.approx(1e-2) and ax["alpha"][8] == pytest.approx(1e-1)
     assert spec.methods == (
-        MethodSpec("gd", {"eta": (0.01,)}),
+        MethodSpec("gd", {"eta": (0.01,), **FULL_BATCH}),
         MethodSpec("wn", {"eta": (0.01,), "eta_ratio": (0.01, 0.1, 1.0, 10.0),
-                          "schedule": ("constant",)}),
+                          "schedule": ("constant",), **FULL_BATCH}),
     )
     assert all(type(x) is float for x in spec.methods[1].axes["eta_ratio"])
     assert (ax["max_iters"], ax["tol"], ax["checkpoints"]) == ((1000,), (1e-12,), (64,))
@@ -161,14 +161,18 @@ def test_example_from_sweeps_md():
         spec.name = "other"  # type: ignore[misc]
 
 
+#: A method's own axes when the file leaves them out: full batch, no label noise.
+FULL_BATCH = {"batch": (None,), "label_noise": (0.0,)}
+
+
 def test_defaults_are_filled_in():
     spec = parse_spec(MINIMAL)
     assert spec.source == "<string>" and spec.text == MINIMAL
     assert (spec.description, spec.seed, spec.trials) == ("", 0, 1)
     assert spec.axes["sign"] == ("nonneg",) and spec.axes["init"] == ("constant",)
-    assert spec.methods == (MethodSpec("gd", {"eta": (0.1,)}),
+    assert spec.methods == (MethodSpec("gd", {"eta": (0.1,), **FULL_BATCH}),
                             MethodSpec("wn", {"eta": (0.1,), "eta_ratio": (1.0,),
-                                              "schedule": ("constant",)}))
+                                              "schedule": ("constant",), **FULL_BATCH}))
     assert (spec.axes["tol"], spec.axes["checkpoints"]) == ((1e-12,), (64,))
     assert spec.reference_solver == "HIGHS" and spec.save_solutions is False
     assert spec.to_dict() == {
@@ -208,7 +212,8 @@ def test_values_linspace_logspace_and_list_axes_expand_to_values_of_the_keys_typ
     assert ax["tol"] == (0.0, 1e-10)
     assert ax["M"] == (3, 4) and ax["sign"] == ("signed", "nonneg")
     assert spec.methods[1] == MethodSpec("wn", {"eta": (1.0,), "eta_ratio": (0.01,),
-                                                "schedule": ("normalized", "constant")})
+                                                "schedule": ("normalized", "constant"),
+                                                **FULL_BATCH})
     assert type(spec.methods[1].axes["eta"][0]) is float
 
 

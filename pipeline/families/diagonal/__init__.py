@@ -35,7 +35,24 @@ PARAMS = (
           choices=SCHEDULES, methods=("wn",), engine="schedule", slot=66,
           hint="normalized is stable at every alpha; constant (the default before wnsweep 0.4, "
           "unstable at small alpha) keeps the run ids of sweep files written without the key"),
+    # wnsweep 0.5: noisy measurements, mini-batches and label noise (docs/MODEL.md, "Problem
+    # instances" and "Stochastic steps"); their defaults are the noiseless full-batch method.
+    Param("noise", "problem", "noise", "float", "the standard deviation sigma of the measurement "
+          "noise, b = A x* + sigma xi", default=0.0, ge=0, scope="instance", generated=True,
+          identity="unless_default"),
+    Param("batch", "methods", "batch", "int", "rows of A per step (SGD); omitted: all M",
+          default=None, ge=1, methods=("gd", "wn"), engine="batch", identity="unless_default"),
+    Param("label_noise", "methods", "label_noise", "float", "the standard deviation delta of the "
+          "label noise added to b at every step", default=0.0, ge=0, methods=("gd", "wn"),
+          engine="label_noise", identity="unless_default"),
 )
+
+
+def _check(axes: dict[str, tuple]) -> tuple[str, str] | None:
+    """s <= M; and, given a method's axes (``method`` among them), its batch <= M."""
+    method = axes.get("method", ("gd",))[0]
+    return (at_most("s", "M", "problem.sparsity")(axes)
+            or at_most("batch", "M", f"methods.{method}.batch")(axes))
 
 
 def _spawn_key(params: dict, trial: int, file_code: int | None) -> tuple[int, ...]:
@@ -89,11 +106,15 @@ FAMILY = Family(
                  ("l1_gap", "float"), ("r0", "float"), ("r_final", "float"), ("c_inf", "float"),
                  ("alpha_eff", "float"), ("pred_status", "str"), ("pred_error", "float"),
                  ("pred_l1_gap", "float"), ("pred_rel_error_l1", "float"),
-                 ("x_pred", "float_list")),
-    summary_columns=("pred_error", "pred_rel_error_l1", "pred_l1_gap"),
+                 ("x_pred", "float_list"), ("curve_error_truth", "float_list"),
+                 ("error_truth_min", "float"), ("iter_at_error_truth_min", "int"),
+                 ("log_shrink_l1", "float"), ("shrink_factor", "float"), ("w_eff", "float_list"),
+                 ("pred_discrete_error", "float")),
+    summary_columns=("pred_error", "pred_rel_error_l1", "pred_l1_gap", "pred_discrete_error",
+                     "error_truth_min", "shrink_factor"),
     recovery_column="rel_error_l1",
     takes_file=True,
-    check=at_most("s", "M", "problem.sparsity"),
+    check=_check,
     cost=_cost,
     run=_run,
     quiet=_quiet,

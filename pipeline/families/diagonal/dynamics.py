@@ -21,6 +21,12 @@ problem instances at once:
 - Batch independence. Every row goes through the same instructions whatever shares its stack
   (``kernels``, "Batch independence"), so a run's numbers are the same to the last bit in a
   stack of 1 or 100 instances (tests/test_engine.py checks it).
+- Stochastic steps. A run with a mini-batch (``RunConfig.batch``: SGD) or label noise
+  (``label_noise``) draws them from its own stream, ``np.random.SeedSequence(seed)`` with
+  ``seed`` from its identity: spawn key (0,) gives a permutation of A's M rows per epoch
+  (``kernels.step`` takes its batches in order), (1,) the label noise, drawn
+  LABEL_NOISE_STEPS steps ahead. Nothing else enters them, so a run's sequence is the same alone
+  or in any stack, serial or on Ray.
 - Size. A stack's matrices are kept well inside the shared cache (``STACK_BYTES``,
   ``stack_bytes``): ``run_stack`` cuts a larger group into several stacks run one after the
   other. The task runner bounds the memory of one call instead (``CALL_BYTES``, with
@@ -66,6 +72,11 @@ STACK_BYTES = 8 * 2**20
 CALL_BYTES = 256 * 2**20
 #: float64 scalars per row of a stack (r, nu, eta, ...), besides its vector v.
 _ROW_SCALARS = 16
+#: Label noise is drawn for this many steps at a time per run (at most LABEL_NOISE_BYTES for a
+#: stack's noisy runs). A run's noise is its stream's normals in order, so the block size does
+#: not change a single value (numpy's standard_normal fills an array from the stream in order).
+LABEL_NOISE_STEPS = 256
+LABEL_NOISE_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,13 @@ class RunConfig:
     max_iters: int = 10_000
     tol: float = 1e-12
     checkpoints: int = 64
+    batch: int | None = None  # rows of A per step (SGD); None: all M (full batch)
+    label_noise: float = 0.0  # delta: labels b + delta xi_t at every step
+    seed: int | None = None  # the run's stream (mini-batches, label noise): from its identity
+
+    @property
+    def stochastic(self) -> bool:
+        return self.batch is not None or self.label_noise > 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -91,6 +109,12 @@ class RunConfig:
             raise ValueError(f"depth must be an integer >= 2, got {self.depth!r}")
         if not (self.eta > 0 and self.eta_ratio > 0 and self.max_iters >= 1 and self.tol >= 0):
             raise ValueError(f"invalid step, ratio, max_iters or tol in {self}")
+        if self.batch is not None and not self.batch >= 1:
+            raise ValueError(f"batch must be an integer >= 1 or None, got {self.batch!r}")
+        if not self.label_noise >= 0:
+            raise ValueError(f"label_noise must be >= 0, got {self.label_noise!r}")
+        if self.stochastic and self.seed is None:
+            raise ValueError("a run with a mini-batch or label noise needs its stream's seed")
 
 
 @dataclass
@@ -107,6 +131,9 @@ class RunResult:
     curve_iter: np.ndarray  # int64, increasing, starts at 0, ends at `iterations`
     curve_loss: np.ndarray  # float64, loss at curve_iter
     seconds: float  # this run's share (by iterations) of the wall time of its stack
+    curve_error_truth: np.ndarray | None = None  # ||x~ - x*|| at curve_iter (x* known)
+    residual_sum: np.ndarray | None = None  # (M,) GD, L = 2: the sum of the scaled residuals
+    #                                          its steps used (``effective.log_shrink``)
 
 
 # --- update rules -------------------------------------------------------------------------------
@@ -204,23 +231,26 @@ def split_stacks(runs_per_instance: Sequence[int], M: int, N: int, signed: bool,
 
 
 def run_batch(
-    A: np.ndarray, b: np.ndarray, configs: Sequence[RunConfig], w0: Sequence[np.ndarray]
+    A: np.ndarray, b: np.ndarray, configs: Sequence[RunConfig], w0: Sequence[np.ndarray],
+    x_star: np.ndarray | None = None,
 ) -> list[RunResult]:
     """Run every config from its initial weights on the instance (A, b); results in input order.
 
     A: (M, N), b: (M,), w0[i]: (n_i,) with n_i = N (nonneg) or 2N (signed); WN needs
-    ||w0[i]|| > 0. Same as ``run_stack`` with one instance.
+    ||w0[i]|| > 0; x_star: (N,) or None. Same as ``run_stack`` with one instance.
     """
-    return run_stack([(A, b)], [0] * len(configs), configs, w0)
+    return run_stack([(A, b)], [0] * len(configs), configs, w0, truths=[x_star])
 
 
 def run_stack(
     problems: Sequence[tuple[np.ndarray, np.ndarray]], instance_of_run: Sequence[int],
     configs: Sequence[RunConfig], w0: Sequence[np.ndarray], budget: int = STACK_BYTES,
+    truths: Sequence[np.ndarray | None] | None = None,
 ) -> list[RunResult]:
     """Run every config from its initial weights on its instance; results in input order.
 
-    problems[k] = (A_k, b_k) with A_k: (M_k, N_k), b_k: (M_k,). Run i uses instance
+    problems[k] = (A_k, b_k) with A_k: (M_k, N_k), b_k: (M_k,); truths[k]: instance k's x*
+    (N_k,), or None (then no ``curve_error_truth``; ``truths`` None: none known). Run i uses instance
     ``instance_of_run[i]``, ``configs[i]`` and w0[i]: (n_i,) with n_i = N (nonneg) or 2N (signed).
     Instances of one shape whose runs share a sign are stacked, at most ``budget`` bytes per
     stack (``split_stacks``; a run's numbers do not depend on how its instances are stacked); an
@@ -229,6 +259,9 @@ def run_stack(
     if not len(configs) == len(w0) == len(instance_of_run):
         raise ValueError(f"{len(configs)} configs, {len(w0)} initial weights and "
                          f"{len(instance_of_run)} instance indices: they must match")
+    truths = [None] * len(problems) if truths is None else list(truths)
+    if len(truths) != len(problems):
+        raise ValueError(f"{len(problems)} instances but {len(truths)} ground truths")
     arrays = []
     for A, b in problems:
         A = np.ascontiguousarray(A, dtype=np.float64)
@@ -241,6 +274,8 @@ def run_stack(
         if not 0 <= k < len(arrays):
             raise ValueError(f"run {i}: instance index {k} out of range for {len(arrays)} instances")
         M, N = arrays[k][0].shape
+        if cfg.batch is not None and cfg.batch > M:
+            raise ValueError(f"run {i}: batch {cfg.batch} exceeds the instance's M = {M}")
         groups.setdefault((M, N, cfg.signed), {}).setdefault(int(k), []).append(i)
     results: list[RunResult | None] = [None] * len(configs)
     for (M, N, signed), by_instance in groups.items():
@@ -248,7 +283,7 @@ def run_stack(
         for part in split_stacks([len(by_instance[k]) for k in instances], M, N, signed, budget):
             chosen = instances[part]
             stack = _Stack([arrays[k] for k in chosen], [by_instance[k] for k in chosen],
-                           configs, w0, signed)
+                           configs, w0, signed, [truths[k] for k in chosen])
             for i, result in stack.run().items():
                 results[i] = result
     return results  # type: ignore[return-value]
@@ -276,6 +311,11 @@ class _Rows:
     tol: np.ndarray
     loss_limit: np.ndarray  # DIVERGENCE_FACTOR * initial loss (inf until evaluated)
     flush_below: np.ndarray  # FLUSH_POWER ** (1 / L)
+    batch: np.ndarray  # int64: rows of A per step (M: full batch)
+    order: np.ndarray  # (K, B, M) int64: the epoch's permutation of A's rows ((K, B, 0): none)
+    xi_row: np.ndarray  # int64: the run's row of the label-noise block, -1: no label noise
+    accumulate: np.ndarray  # bool: sum the scaled residuals (GD, L = 2)
+    rsum: np.ndarray  # (K, B, M): that sum ((K, B, 0) when no row accumulates)
 
     def take(self, index) -> "_Rows":
         """The rows at ``index`` (a numpy index of the (K, B) grid) as a new state."""
@@ -286,7 +326,7 @@ class _Stack:
     """The runs of K instances of one shape (M, N) and one sign, advanced together, one
     ``kernels.step`` call per step."""
 
-    def __init__(self, arrays, runs_by_instance, configs, w0, signed):
+    def __init__(self, arrays, runs_by_instance, configs, w0, signed, truths):
         self.signed = signed
         self.A = np.stack([A for A, _ in arrays])  # (K, M, N)
         self.AT = np.ascontiguousarray(self.A.transpose(0, 2, 1))  # (K, N, M)
@@ -327,7 +367,19 @@ class _Stack:
             tol=per_row(lambda c: c.tol, 0.0, np.float64),
             loss_limit=np.full((K, B), np.inf),
             flush_below=FLUSH_POWER ** (1.0 / depth),
+            batch=per_row(lambda c: min(c.batch or M, M), M, np.int64),
+            order=np.zeros((K, B, 0), dtype=np.int64),
+            xi_row=np.full((K, B), -1, dtype=np.int64),
+            accumulate=~polar & (depth == 2) & real,
+            rsum=np.zeros((K, B, 0)),
         )
+        self._streams(cfg)
+        if self.rows.accumulate.any():
+            self.rows.rsum = np.zeros((K, B, M))
+        known = [x is not None for x in truths]
+        self.x_star = (None if not any(known) else
+                       np.stack([np.full(N, np.nan) if x is None else np.asarray(x, float)
+                                 for x in truths]))  # (K, N), NaN rows: unknown
         # loss curves: one column per iteration in the union of all runs' checkpoint sets
         self.runs = sorted(cfg)
         local = {i: j for j, i in enumerate(self.runs)}
@@ -338,10 +390,52 @@ class _Stack:
         for j, its in enumerate(own):
             self.curve_own[j, np.searchsorted(self.curve_its, its)] = True
         self.curve = np.full((len(self.runs), len(self.curve_its)), np.nan)
+        self.curve_truth = np.full((len(self.runs), len(self.curve_its)), np.nan)
         self.local = np.full((K, B), -1, dtype=np.int64)  # row -> index into self.runs
         self.local[real] = [local[int(i)] for i in run[real]]
         self.results: dict[int, RunResult] = {}
         self._scratch()
+
+    def _streams(self, cfg: dict[int, RunConfig]) -> None:
+        """The stochastic runs' generators (module docstring, "Stochastic steps"): ``shuffle``
+        for the runs with a mini-batch, ``labels`` (generator, delta) for those with label noise,
+        whose rows of the block ``xi`` (runs, steps, M) they are given in ``xi_row``."""
+        rows = self.rows
+        K, B = rows.live.shape
+        M = self.A.shape[1]
+
+        def stream(seed, key):
+            return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key,)))
+
+        self.shuffle = {i: stream(c.seed, 0) for i, c in cfg.items()
+                        if c.batch is not None and c.batch < M}
+        self.labels = {i: (stream(c.seed, 1), c.label_noise) for i, c in cfg.items()
+                       if c.label_noise > 0}
+        if self.shuffle:
+            rows.order = np.zeros((K, B, M), dtype=np.int64)
+        self.xi_runs = sorted(self.labels)
+        self.xi_steps = max(1, min(LABEL_NOISE_STEPS,
+                                   LABEL_NOISE_BYTES // (8 * M * max(len(self.xi_runs), 1))))
+        self.xi = np.zeros((len(self.xi_runs), self.xi_steps, M))
+        position = {i: q for q, i in enumerate(self.xi_runs)}
+        for kk, j in zip(*np.nonzero(rows.run >= 0)):
+            rows.xi_row[kk, j] = position.get(int(rows.run[kk, j]), -1)
+
+    def _draw(self, k: int) -> None:
+        """Before step k: a new permutation for every mini-batch run whose epoch starts at k, and
+        the next block of label noise when k starts one."""
+        rows = self.rows
+        if self.shuffle:
+            M = self.A.shape[1]
+            due = rows.live & (rows.batch < M)
+            due &= k % np.maximum(M // rows.batch, 1) == 0
+            for kk, j in zip(*np.nonzero(due)):
+                rows.order[kk, j] = self.shuffle[int(rows.run[kk, j])].permutation(M)
+        if self.labels and k % self.xi_steps == 0:
+            for q, i in enumerate(self.xi_runs):
+                if i not in self.results:
+                    generator, delta = self.labels[i]
+                    self.xi[q] = delta * generator.standard_normal(self.xi[q].shape)
 
     def _scratch(self) -> None:
         """``kernels.step``'s per-row outputs for the current grid."""
@@ -358,11 +452,16 @@ class _Stack:
         k = 0
         while True:
             rows = self.rows
+            if self.shuffle or self.labels:
+                self._draw(k)
+            if self.x_star is not None and k in self.curve_col:
+                self._record_truth(k)
             stopping = kernels.step(
                 self.A, self.AT, self.b, rows.v, rows.live, rows.polar, rows.normalized,
                 rows.depth, rows.eta, rows.eta_ratio, rows.r, rows.r0, rows.nu, rows.loss_limit,
                 rows.tol, rows.max_iters, rows.flush_below, self.signed, k,
-                (k + 1) % FLUSH_EVERY == 0, self.loss, self.stop)
+                (k + 1) % FLUSH_EVERY == 0, self.loss, self.stop, rows.batch, rows.order,
+                self.xi, rows.xi_row, k % self.xi_steps, rows.accumulate, rows.rsum)
             if k == 0:
                 rows.loss_limit = np.where(rows.live, DIVERGENCE_FACTOR * self.loss, np.inf)
             if k in self.curve_col:
@@ -382,6 +481,25 @@ class _Stack:
         live = self.rows.live
         self.curve[self.local[live], self.curve_col[k]] = self.loss[live]
 
+    def _weights(self, kk: np.ndarray, jj: np.ndarray) -> np.ndarray:
+        """The weights w of rows (kk, jj), (rows, n): v for GD, r d = v r / nu for WN."""
+        rows = self.rows
+        scale = np.where(rows.polar[kk, jj], rows.r[kk, jj] / rows.nu[kk, jj], 1.0)
+        return rows.v[kk, jj] * scale[:, None]
+
+    def _record_truth(self, k: int) -> None:
+        """||x~ - x*|| of every live row at iterate k (before step k moves it)."""
+        rows = self.rows
+        kk, jj = np.nonzero(rows.live)
+        w = self._weights(kk, jj)
+        depth = rows.depth[kk, jj]
+        error = np.empty(kk.size)
+        for L in np.unique(depth):
+            at = depth == L
+            x = models.product(w[at], int(L), self.signed)
+            error[at] = np.linalg.norm(x - self.x_star[kk[at]], axis=1)
+        self.curve_truth[self.local[kk, jj], self.curve_col[k]] = error
+
     def _finish(self, k: int) -> None:
         """Close the runs that stopped at iteration k (``kernels.step`` left them at it), turn
         their rows idle, and re-pack the stack if that pays (see REPACK_FRACTION)."""
@@ -393,17 +511,26 @@ class _Stack:
             wn = bool(rows.polar[kk, j])
             w = rows.v[kk, j] * (rows.r[kk, j] / rows.nu[kk, j]) if wn else rows.v[kk, j].copy()
             loss = self.loss[kk, j]
+            x_final = models.product(w, int(rows.depth[kk, j]), self.signed)
+            truth = None if self.x_star is None else self.x_star[kk]
+            if truth is not None and not np.isnan(truth).any():
+                final = np.linalg.norm(x_final - truth)
+                truth = np.append(self.curve_truth[local, own], final)
+            else:
+                truth = None
             self.results[i] = RunResult(
                 status=kernels.STATUS[int(self.stop[kk, j])],
                 iterations=k,
                 loss_final=float(loss),
-                x_final=models.product(w, int(rows.depth[kk, j]), self.signed),
+                x_final=x_final,
                 w_final=w,
                 r0=float(rows.r0[kk, j]) if wn else None,
                 r_final=float(rows.r[kk, j]) if wn else None,
                 curve_iter=np.append(self.curve_its[own], k).astype(np.int64),
                 curve_loss=np.append(self.curve[local, own], loss),
                 seconds=0.0,
+                curve_error_truth=truth,
+                residual_sum=rows.rsum[kk, j].copy() if rows.accumulate[kk, j] else None,
             )
         rows.live[done] = False
         rows.v[done] = 0.0
@@ -429,4 +556,6 @@ class _Stack:
         self.A = self.A[keep]
         self.AT = self.AT[keep]
         self.b = self.b[keep]
+        if self.x_star is not None:
+            self.x_star = self.x_star[keep]
         self._scratch()

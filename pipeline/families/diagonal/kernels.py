@@ -161,6 +161,22 @@ def _dot_3x1(X, A, out, j, m):
     out[j, m], out[j + 1, m], out[j + 2, m] = s0, s1, s2
 
 
+@njit(inline="always")
+def _weights(weight, order, batch, k):
+    """weight <- M / batch at the rows of A in step k's batch, 0 elsewhere; all 1 for a full
+    batch. The batch is positions (k mod E) batch .. + batch of the epoch's permutation ``order``
+    (E = M // batch steps per epoch)."""
+    M = weight.shape[0]
+    if batch >= M:
+        weight[:] = 1.0
+        return
+    weight[:] = 0.0
+    start = (k % (M // batch)) * batch
+    scale = M / batch
+    for t in range(start, start + batch):
+        weight[order[t]] = scale
+
+
 @njit(inline="always", fastmath=FASTMATH)
 def _step_row(row, c, L, signed):
     """v <- v - p with p = v^(L-1) * c (signed: (u^(L-1) * c, -w^(L-1) * c) for v = (u, w));
@@ -184,7 +200,8 @@ def _step_row(row, c, L, signed):
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
 def step(A, AT, b, v, live, polar, normalized, depth, eta, eta_ratio, r, r0, nu, loss_limit,
-         tol, max_iters, flush_below, signed, k, flush, loss, stop):
+         tol, max_iters, flush_below, signed, k, flush, loss, stop, batch, order, xi, xi_row,
+         t_block, accumulate, rsum):
     """Evaluate every live row at iteration k, and advance the rows that go on to k + 1.
 
     Shapes: A (K, M, N) and AT (K, N, M) = A transposed; b (K, M); v (K, B, n) with B a multiple
@@ -203,6 +220,15 @@ def step(A, AT, b, v, live, polar, normalized, depth, eta, eta_ratio, r, r0, nu,
       scale = a nu / (1 + radial), so p is ``wn_scaled_step``'s scaled step; then v <- v - p,
       r <- r - eta~ radial / r, nu <- sign(nu (1 + radial)) ||v||.
 
+    Stochastic rows (``dynamics``, "Stochastic steps"): a row with batch[kk, j] < M takes the
+    step on the rows of A at positions ``(k mod E) batch .. + batch`` of its epoch's permutation
+    ``order[kk, j]`` (E = M // batch), its residual entries there multiplied by M / batch and the
+    others 0; a row with xi_row[kk, j] = q >= 0 subtracts the label noise xi[q, t_block] from its
+    residual. Both change only the residual the step uses (and so WN's radial part); the loss and
+    the stopping tests are on the clean full residual. Rows with ``accumulate`` add the scaled
+    residual their step uses to rsum[kk, j] (GD's effective initialization). Full-batch rows
+    without label noise run exactly the instructions they ran before these existed.
+
     If ``flush`` (the new iterate is a multiple of FLUSH_EVERY): WN rows are normalized
     (v <- v / nu, nu <- 1), then entries of v below ``flush_below`` in magnitude are set to 0
     (``dynamics.FLUSH_POWER``). Idle rows (``live`` False) are skipped and must hold zeros.
@@ -215,6 +241,7 @@ def step(A, AT, b, v, live, polar, normalized, depth, eta, eta_ratio, r, r0, nu,
     X = np.zeros((B, N))  # x~(v) of the instance's rows, then A^T (scaled residual)
     Z = np.zeros((B, M))  # A x~(v), then the scaled residual
     nu_sign = np.zeros(B)  # WN: the sign nu_{k+1} takes
+    weight = np.zeros(M)  # a stochastic row's residual weights (M / batch on its batch, else 0)
     stopping = 0
     for kk in range(K):
         alive = live[kk]
@@ -237,12 +264,25 @@ def step(A, AT, b, v, live, polar, normalized, depth, eta, eta_ratio, r, r0, nu,
                 c = rho_pow * rho
             row = Z[j]
             sq, cross = 0.0, 0.0
-            for m in range(M):
-                z = row[m]
-                e = c * z - target[m]
-                row[m] = e
-                sq += e * e
-                cross += z * e
+            if batch[kk, j] >= M and xi_row[kk, j] < 0:
+                for m in range(M):
+                    z = row[m]
+                    e = c * z - target[m]
+                    row[m] = e
+                    sq += e * e
+                    cross += z * e
+            else:
+                _weights(weight, order[kk, j], batch[kk, j], k)
+                q = xi_row[kk, j]
+                for m in range(M):
+                    z = row[m]
+                    e = c * z - target[m]
+                    sq += e * e
+                    if q >= 0:
+                        e -= xi[q, t_block, m]
+                    e *= weight[m]
+                    row[m] = e
+                    cross += z * e
             f = 0.5 * sq
             loss[kk, j] = f
             ok = f <= loss_limit[kk, j] and (not wn or r[kk, j] > 0.0)
@@ -269,6 +309,10 @@ def step(A, AT, b, v, live, polar, normalized, depth, eta, eta_ratio, r, r0, nu,
                 scale = eta[kk, j] * L
             for m in range(M):
                 row[m] *= scale
+            if accumulate[kk, j] and code == RUNNING:
+                acc = rsum[kk, j]
+                for m in range(M):
+                    acc[m] += row[m]
         _rows_dot(Z, AT[kk], X, alive)
         for j in range(B):
             if not alive[j] or stop[kk, j] != RUNNING:

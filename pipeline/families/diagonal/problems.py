@@ -2,7 +2,9 @@
 
 A generated instance has A in R^{M x N} with i.i.d. N(0, 1/M) entries, an s-sparse x* with a
 uniformly random support and magnitudes i.i.d. Uniform[0.5, 1.5] (times an independent random sign
-when ``signed``), and b = A x*.
+when ``signed``), and b = A x* + sigma xi with xi ~ N(0, I_M) (``noise`` sigma, default 0: b = A x*).
+A, x* and xi come from three streams of the instance's seed (spawn keys (0,) and (2,); (1,) is
+the random initialization's), so instances that differ only in sigma share A, x* and xi.
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ class Instance:
         return None if self.x_star is None else int(np.count_nonzero(self.x_star))
 
 
-def generate_instance(M: int, N: int, s: int, signed: bool, seed: int) -> Instance:
-    """A seeded random instance. Same (M, N, s, signed, seed) -> bitwise the same arrays."""
+def generate_instance(M: int, N: int, s: int, signed: bool, seed: int,
+                      noise: float = 0.0) -> Instance:
+    """A seeded random instance. Same (M, N, s, signed, seed, noise) -> bitwise the same arrays;
+    noise 0 gives b = A x* exactly."""
     if not (1 <= s <= M < N):
         raise ValueError(f"need 1 <= s <= M < N, got s={s}, M={M}, N={N}")
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
@@ -55,7 +59,11 @@ def generate_instance(M: int, N: int, s: int, signed: bool, seed: int) -> Instan
         values *= rng.choice(np.array([-1.0, 1.0]), size=s)
     x_star = np.zeros(N)
     x_star[support] = values
-    return Instance(A=A, b=A @ x_star, x_star=x_star, signed=signed)
+    b = A @ x_star
+    if noise > 0:
+        xi = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,))).standard_normal(M)
+        b = b + noise * xi
+    return Instance(A=A, b=b, x_star=x_star, signed=signed)
 
 
 def load_instance(source: str | os.PathLike | BinaryIO, signed: bool) -> Instance:

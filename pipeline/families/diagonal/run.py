@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.families.base import RunContext
 from pipeline.families.diagonal import (
     dynamics,
+    effective,
     initialization,
     metrics,
     models,
@@ -36,7 +37,8 @@ def load_problem(inst: InstanceKey, problem_bytes: bytes | None = None) -> probl
     """The instance's arrays: generated from its seed, or read from its file (or the file's bytes,
     shipped by the executor to workers that do not share the driver's disk)."""
     if inst.problem_file is None:
-        return problems.generate_instance(inst.M, inst.N, inst.s, is_signed(inst), inst.seed)
+        return problems.generate_instance(inst.M, inst.N, inst.s, is_signed(inst), inst.seed,
+                                          noise=inst.params.get("noise") or 0.0)
     source = io.BytesIO(problem_bytes) if problem_bytes is not None else inst.problem_file
     return problems.load_instance(source, is_signed(inst))
 
@@ -56,7 +58,8 @@ def run_instances(context: RunContext, instances: list[InstanceKey],
             configs += [engine_config(inst, r) for r in runs]
             w0 += initial_weights(inst, problem, runs)
         results = iter(zip(w0, dynamics.run_stack([(p.A, p.b) for p in loaded],
-                                                  instance_of_run, configs, w0)))
+                                                  instance_of_run, configs, w0,
+                                                  truths=[p.x_star for p in loaded])))
         for inst, problem, bp in zip(call, loaded, bps):
             predict = Predictions(problem, is_signed(inst))
             rows = []
@@ -65,6 +68,8 @@ def run_instances(context: RunContext, instances: list[InstanceKey],
                 row = run_row(problem, bp, run, result, context.save_solutions)
                 row.update(prediction_columns(predict(run, w, result), result, bp,
                                               context.save_solutions))
+                row.update(discrete_columns(problem, run, w, result, is_signed(inst),
+                                            context.save_solutions))
                 rows.append(row)
             yield inst.instance_id, instance_row(problem, bp), rows
 
@@ -91,7 +96,14 @@ def engine_config(inst: InstanceKey, run: Run) -> dynamics.RunConfig:
     settings = {p.engine: run.params[p.name] for p in RUN_PARAMS
                 if p.engine is not None and p.applies_to_family("diagonal")
                 and run.params[p.name] is not None}
-    return dynamics.RunConfig(method=run.method, signed=is_signed(inst), **settings)
+    return dynamics.RunConfig(method=run.method, signed=is_signed(inst),
+                              seed=stream_seed(run.run_id), **settings)
+
+
+def stream_seed(run_id: str) -> int:
+    """The seed of a run's own stream (mini-batches, label noise): the hash its id ends with, so
+    the stream depends on the run's identity alone."""
+    return int(run_id[-20:], 16)
 
 
 def initial_weights(inst: InstanceKey, problem: problems.Instance, runs: list[Run]):
@@ -124,6 +136,7 @@ def run_row(problem: problems.Instance, bp: reference.BasisPursuit, run: Run,
         "loss_final": result.loss_final,
         **metrics.solution_metrics(result.x_final, bp.x, problem.x_star),
         "curve_iter": result.curve_iter.tolist(), "curve_loss": result.curve_loss.tolist(),
+        **early_stopping(result),
         "x_final": result.x_final.tolist() if save_solutions else None,
         "seconds": result.seconds,
     }
@@ -162,4 +175,39 @@ def prediction_columns(pred: theory.Prediction, result: dynamics.RunResult,
         row.update(theory.prediction_metrics(result.x_final, pred.x, bp.x))
         row["pred_rel_error_l1"] = metrics.solution_metrics(pred.x, bp.x, None)["rel_error_l1"]
         row["x_pred"] = pred.x.tolist() if save_solutions else None
+    return row
+
+
+def early_stopping(result: dynamics.RunResult) -> dict:
+    """The error to x* along the loss curve's checkpoints, its minimum (the error of the run
+    stopped at the best checkpoint) and where it occurs; nulls without x*."""
+    curve = result.curve_error_truth
+    finite = None if curve is None else np.flatnonzero(np.isfinite(curve))
+    if curve is None or finite.size == 0:
+        return {"curve_error_truth": None if curve is None else curve.tolist(),
+                "error_truth_min": None, "iter_at_error_truth_min": None}
+    best = finite[np.argmin(curve[finite])]
+    return {"curve_error_truth": curve.tolist(), "error_truth_min": float(curve[best]),
+            "iter_at_error_truth_min": int(result.curve_iter[best])}
+
+
+def discrete_columns(problem: problems.Instance, run: Run, w0: np.ndarray,
+                     result: dynamics.RunResult, signed: bool, save_solutions: bool) -> dict:
+    """GD's effective initialization (``effective``) and ``pred_discrete_error``, the distance
+    of x_T to the flow's limit from it: GD runs with L = 2 that did not diverge; else nulls."""
+    row = {"log_shrink_l1": None, "shrink_factor": None, "w_eff": None,
+           "pred_discrete_error": None}
+    if result.residual_sum is None or result.status == "diverged":
+        return row
+    shrink = effective.log_shrink(problem.A, w0, result.w_final, result.residual_sum, signed)
+    if shrink is None:
+        return row
+    w_eff = w0 * np.exp(shrink)
+    row.update(effective.summary(shrink))
+    row["w_eff"] = w_eff.tolist() if save_solutions else None
+    pred = theory.predicted_limit(problem.A, problem.b, w_eff, run.L, signed)
+    if pred.status in theory.USABLE:
+        norm = float(np.linalg.norm(pred.x))
+        if norm > 0:
+            row["pred_discrete_error"] = float(np.linalg.norm(result.x_final - pred.x)) / norm
     return row
