@@ -413,6 +413,8 @@ class _Stack:
                        if c.label_noise > 0}
         if self.shuffle:
             rows.order = np.zeros((K, B, M), dtype=np.int64)
+        #: the epoch lengths (steps) of the mini-batch runs: a step starting none draws nothing
+        self.epochs = sorted({M // min(cfg[i].batch, M) for i in self.shuffle})
         self.xi_runs = sorted(self.labels)
         self.xi_steps = max(1, min(LABEL_NOISE_STEPS,
                                    LABEL_NOISE_BYTES // (8 * M * max(len(self.xi_runs), 1))))
@@ -425,7 +427,7 @@ class _Stack:
         """Before step k: a new permutation for every mini-batch run whose epoch starts at k, and
         the next block of label noise when k starts one."""
         rows = self.rows
-        if self.shuffle:
+        if self.shuffle and any(k % epoch == 0 for epoch in self.epochs):
             M = self.A.shape[1]
             due = rows.live & (rows.batch < M)
             due &= k % np.maximum(M // rows.batch, 1) == 0
