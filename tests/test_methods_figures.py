@@ -105,6 +105,16 @@ def test_methods_bias_medians_leave_out_diverged_runs():
     assert not plt.get_fignums()  # detached from pyplot: a report leaves no figure open
 
 
+def test_zero_errors_count_in_the_median():
+    runs = noisy_runs(noises=(0.0,), alphas=(1e-2, 1e-1))
+    exact = [sr.run_row(method="gd", alpha=a, trial=t, error_l1=0.0)
+             for a in (1e-2, 1e-1) for t in (7, 8)]
+    (ax,) = methods.plot_methods_bias(pd.concat([runs, pd.DataFrame(exact)])).axes
+    gd = [ln for ln in ax.get_lines()
+          if mcolors.same_color(ln.get_color(), plots.GD_COLOR) and len(ln.get_xdata()) == 2]
+    assert np.allclose(gd[0].get_ydata(), [1e-2, 1e-1])  # median of 0, 0, a, 2a, 3a
+
+
 def test_noise_figures_facets_and_series():
     runs = noisy_runs()
     assert drawn("noise_error", runs) is None and drawn("early_stopping", runs) is None

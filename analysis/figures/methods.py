@@ -4,8 +4,9 @@ label-noise GD (``label_noise``) and WN-GD, one hue per variant (``analysis.vari
 Each figure is one seaborn ``relplot`` on the tidy runs table: lines are the median over trials,
 bands the interquartile range of the trials (``errorbar=("pi", 50)``, the 25th to 75th percentile;
 no resampling, so the figure is deterministic), as in ``analysis.plots``. Diverged runs and
-non-finite or non-positive values are left out before the medians are taken (the errors and
-factors are drawn on log axes). The figure's title says so.
+non-finite values are left out before the medians are taken (as ``aggregate.cell_stats`` does
+with non-finite errors); the errors and factors are drawn on log axes, which clip zeros. The
+figure's title says so.
 """
 
 from __future__ import annotations
@@ -42,11 +43,12 @@ def _palette(order: list[str]) -> dict[str, Any]:
 
 
 def _kept(runs: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
-    """Not-diverged runs with a ``variant``; ``columns`` as float, NaN where not finite and > 0."""
+    """Not-diverged runs with a ``variant``; ``columns`` as float, NaN where not finite (zeros
+    stay: they count in the median, the log axis clips them)."""
     d = with_variant(runs[runs["status"] != "diverged"])
     for c in columns:
         v = pd.to_numeric(d[c], errors="coerce").astype(float)
-        d[c] = v.where(np.isfinite(v) & (v > 0))
+        d[c] = v.where(np.isfinite(v))
     return d
 
 
