@@ -1,6 +1,7 @@
 """The diagonal family's figures (docs/MODEL.md): errors to the basis-pursuit solution against
 alpha, loss curves, phase diagrams of the GD / WN-GD ratio, recovery rates, alpha_eff and the
-theory overlay."""
+theory overlay; then the figures comparing GD, SGD, label-noise GD and WN-GD drawn with seaborn
+(``analysis.figures.methods``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.aggregate import paired_ratios
-from analysis.figures import Figure, need_curves, need_values
+from analysis.figures import Figure, methods, need_curves, need_values
 
 
 def _need_methods(df: pd.DataFrame) -> str | None:
@@ -57,4 +58,5 @@ FIGURES = [
            plots.plot_error_vs_alpha_theory, (ALPHA, _need_predictions)),
     Figure("theory_pred_error", "distance to the gradient-flow limit, alpha x step size",
            plots.plot_pred_error_phase, (ALPHA, _need_predictions, _need_step_axis)),
+    *methods.FIGURES,
 ]
