@@ -38,6 +38,8 @@ from pipeline.results.folder import (
     ShardError,
     StoreError,
 )
+from pipeline import families
+from pipeline.parameters import PARAMS
 from pipeline.results.schema import INSTANCES_SCHEMA, RUNS_SCHEMA
 
 __all__ = ["INSTANCE_COLUMNS", "ResultsNotFoundError", "ShardError", "load", "load_provenance",
@@ -138,6 +140,7 @@ def load(
     inst = _concat([s.instances_table for s in done]).to_pandas()
     inst = inst.drop_duplicates("instance_id", keep="first", ignore_index=True)
     df = runs.merge(inst, on="instance_id", how="left", validate="many_to_one")
+    _fill_added_defaults(df)
     df.attrs = {
         "source": folder.uri,
         "skipped_shards": skipped,
@@ -166,3 +169,20 @@ def load_provenance(path_or_uri: str | os.PathLike) -> dict[str, Any]:
         except (OSError, ValueError, StoreError, pa.ArrowException) as exc:
             warnings.warn(f"could not read {key} of {folder.uri}: {exc}", stacklevel=2)
     return out
+
+
+def _fill_added_defaults(df: pd.DataFrame) -> None:
+    """Numeric parameters added after a folder was written (``noise``, ``label_noise``) are null
+    in its older rows: they ran at the default, so the default stands in wherever the parameter
+    applies to the row's family and method (a resumed folder's old and new rows are one cell)."""
+    names = df["family"].map(families.family_name) if "family" in df else None
+    for p in PARAMS:
+        if (p.identity != "unless_default" or p.kind == "str" or p.required
+                or p.default is None or p.name not in df or not df[p.name].isna().any()):
+            continue
+        applies = df["method"].map(p.applies_to) if p.methods is not None else True
+        if names is not None:
+            applies = applies & names.map(p.applies_to_family)
+        elif not p.applies_to_family(families.DEFAULT_FAMILY):
+            continue
+        df.loc[df[p.name].isna() & applies, p.name] = p.default

@@ -122,6 +122,8 @@ def split_by_extra(runs: pd.DataFrame, uses: Sequence[str]) -> list[tuple[dict, 
     for k in extra:
         wild = _wildcard(runs, k)
         vals = _uniq(runs.loc[~wild, k])
+        if vals and runs.loc[~wild, k].isna().any():  # null is a value too (batch: full)
+            vals.append(None)
         if len(vals) > 1:
             varying.append((k, vals, wild))
     if not varying:
@@ -131,8 +133,9 @@ def split_by_extra(runs: pd.DataFrame, uses: Sequence[str]) -> list[tuple[dict, 
         mask = pd.Series(True, index=runs.index)
         exact = pd.Series(True, index=runs.index)
         for (k, _, wild), v in zip(varying, combo):
-            mask &= wild | (runs[k] == v)
-            exact &= runs[k] == v
+            equal = runs[k].isna() if v is None else runs[k] == v
+            mask &= wild | equal
+            exact &= equal
         if exact.any():
             out.append(({k: v for (k, _, _), v in zip(varying, combo)}, runs[mask]))
     return out

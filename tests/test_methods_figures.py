@@ -89,7 +89,8 @@ def test_variants_of_old_folders_and_combinations():
 # ----------------------------------------------------------------------------- figures
 def test_methods_bias_medians_leave_out_diverged_runs():
     runs = noisy_runs(noises=(0.0,))
-    blowup = sr.run_row(method="gd", alpha=1e-3, trial=9, error_l1=1e6, status="diverged")
+    blowup = sr.run_row(method="gd", alpha=1e-3, trial=9, error_l1=1e6, status="diverged",
+                        noise=0.0, label_noise=0.0)
     assert drawn("methods_bias", runs) is None
     fig = methods.plot_methods_bias(pd.concat([runs, pd.DataFrame([blowup])]))
     (ax,) = fig.axes
@@ -107,7 +108,7 @@ def test_methods_bias_medians_leave_out_diverged_runs():
 
 def test_zero_errors_count_in_the_median():
     runs = noisy_runs(noises=(0.0,), alphas=(1e-2, 1e-1))
-    exact = [sr.run_row(method="gd", alpha=a, trial=t, error_l1=0.0)
+    exact = [sr.run_row(method="gd", alpha=a, trial=t, error_l1=0.0, noise=0.0, label_noise=0.0)
              for a in (1e-2, 1e-1) for t in (7, 8)]
     (ax,) = methods.plot_methods_bias(pd.concat([runs, pd.DataFrame(exact)])).axes
     gd = [ln for ln in ax.get_lines()
@@ -150,10 +151,10 @@ def test_effective_init_draws_gd_shrink_factor_beside_wn_alpha_eff():
 def test_figures_skipped_without_their_columns_or_variation():
     old = old_runs()
     assert drawn("noise_error", old) == "n/a" and drawn("early_stopping", old) == "n/a"
-    # GD and WN-GD are two variants; alpha_eff gives WN-GD's effective initialization
-    assert drawn("methods_bias", old) is None and drawn("effective_init", old) is None
-    only_gd = old[old["method"] == "gd"]
-    assert drawn("methods_bias", only_gd) == "n/a" and drawn("effective_init", only_gd) == "n/a"
+    # GD against WN-GD alone, and WN-GD's alpha_eff alone, have their figures already
+    assert drawn("methods_bias", old) == "n/a" and drawn("effective_init", old) == "n/a"
+    full_batch = noisy_runs(noises=(0.0,)).query("batch != batch and label_noise == 0")
+    assert drawn("methods_bias", full_batch) == "n/a" and drawn("effective_init", full_batch) is None
     assert drawn("noise_error", noisy_runs(noises=(0.0,))) == "n/a"
     one_sigma = noisy_runs(noises=(0.1,))
     assert drawn("noise_error", one_sigma) is None
@@ -182,14 +183,14 @@ def test_slices_once_the_new_keys_are_cell_keys(monkeypatch):
 def test_report_of_an_old_folder_keeps_its_figures(tmp_path: Path, monkeypatch):
     monkeypatch.setattr("analysis.report.PARALLEL_FROM", 100)  # serial: no process start-up
     root = sr.write_results(tmp_path / "old", old_rows(), n_shards=1)
-    assert "batch" not in analysis.load(str(root))
+    assert analysis.load(str(root))["batch"].isna().all()
     before = [f for f in all_figures() if f.name not in NEW]
     monkeypatch.setattr("analysis.report.all_figures", lambda: before)
     old = write_report(str(root), out_dir=str(tmp_path / "before"))
     monkeypatch.setattr("analysis.report.all_figures", all_figures)
     new = write_report(str(root), out_dir=str(tmp_path / "after"))
     stems = {p.stem for p in new.figures}
-    assert stems - {p.stem for p in old.figures} == {"methods_bias", "effective_init"}
+    assert stems == {p.stem for p in old.figures}
     assert new.skipped == old.skipped and "phase diagram alpha x s" in old.skipped
 
 
@@ -201,6 +202,7 @@ def test_report_draws_the_new_figures(tmp_path: Path, monkeypatch):
     monkeypatch.setattr("analysis.report.load", lambda *a, **k: runs)
     res = write_report(str(root), out_dir=str(tmp_path / "out"))
     stems = {p.stem for p in res.figures}
-    assert NEW <= stems and not [k for k in res.skipped if "failed" in res.skipped[k]]
+    drawn_names = {stem.split("__")[0] for stem in stems}  # one file per sigma for some
+    assert NEW <= drawn_names and not [k for k in res.skipped if "failed" in res.skipped[k]]
     index = (tmp_path / "out" / "index.html").read_text()
-    assert "interquartile range" in index and "methods_bias.png" in index
+    assert "interquartile range" in index and "methods_bias__noise-0.1.png" in index

@@ -194,11 +194,13 @@ def _need(col: str, what: str):
 
 
 def _several_variants(df: pd.DataFrame) -> bool:
-    return len(variant_order(df)) > 1 or bool(is_noisy_gradient(df).any())
+    """SGD or label-noise runs (GD against WN-GD alone: the error-vs-alpha figure)."""
+    return bool(is_noisy_gradient(df).any())
 
 
 def _has_factor(df: pd.DataFrame) -> bool:
-    return _has_positive("shrink_factor", "gd")(df) or _has_positive("alpha_eff", "wn")(df)
+    """GD's effective initialization is stored (WN-GD's alone: the alpha_eff figure)."""
+    return _has_positive("shrink_factor", "gd")(df)
 
 
 def _need_factor(df: pd.DataFrame) -> str | None:
