@@ -6,7 +6,7 @@ variant, all runs of a call being of that variant:
 
 - full batch: today's GD (the reference row; ``batch = M`` runs the same instructions);
 - batch b: SGD, a permutation per epoch from each run's stream (``dynamics``, "Stochastic steps");
-- label noise: fresh N(0, delta^2) labels every step, drawn ``LABEL_NOISE_STEPS`` ahead;
+- label noise: fresh N(0, delta^2) labels every step, drawn ``DRAW_STEPS`` ahead;
 - WN-GD rows with a mini-batch.
 
 Columns, in us per run-step: ``engine`` (best of ``--repeats``), ``x full`` (its ratio to the

@@ -24,9 +24,9 @@ problem instances at once:
 - Stochastic steps. A run with a mini-batch (``RunConfig.batch``: SGD) or label noise
   (``label_noise``) draws them from its own stream, ``np.random.SeedSequence(seed)`` with
   ``seed`` from its identity: spawn key (0,) gives a permutation of A's M rows per epoch
-  (``kernels.step`` takes its batches in order), (1,) the label noise, drawn
-  LABEL_NOISE_STEPS steps ahead. Nothing else enters them, so a run's sequence is the same alone
-  or in any stack, serial or on Ray.
+  (``kernels.step`` takes its batches in order), (1,) the label noise; both are drawn about
+  DRAW_STEPS steps ahead. Nothing else enters them, so a run's sequence is the same alone or in
+  any stack, serial or on Ray.
 - Size. A stack's matrices are kept well inside the shared cache (``STACK_BYTES``,
   ``stack_bytes``): ``run_stack`` cuts a larger group into several stacks run one after the
   other. The task runner bounds the memory of one call instead (``CALL_BYTES``, with
@@ -72,11 +72,14 @@ STACK_BYTES = 8 * 2**20
 CALL_BYTES = 256 * 2**20
 #: float64 scalars per row of a stack (r, nu, eta, ...), besides its vector v.
 _ROW_SCALARS = 16
-#: Label noise is drawn for this many steps at a time per run (at most LABEL_NOISE_BYTES for a
-#: stack's noisy runs). A run's noise is its stream's normals in order, so the block size does
-#: not change a single value (numpy's standard_normal fills an array from the stream in order).
-LABEL_NOISE_STEPS = 256
-LABEL_NOISE_BYTES = 4 * 2**20
+#: A stochastic run's draws are made for about this many steps at a time (at most DRAW_BYTES for a
+#: stack's runs): label noise as a block of normals, mini-batches as the permutations of several
+#: epochs (``Generator.permuted`` along rows, about 7x cheaper per epoch than ``permutation``).
+#: Both fill from the run's stream in order, so the block sizes do not change a single value:
+#: row i of ``permuted`` is the i-th successive ``permutation``, a block of normals the next
+#: normals of the stream (tests/test_stochastic.py checks runs alone against stacks).
+DRAW_STEPS = 256
+DRAW_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -312,7 +315,7 @@ class _Rows:
     loss_limit: np.ndarray  # DIVERGENCE_FACTOR * initial loss (inf until evaluated)
     flush_below: np.ndarray  # FLUSH_POWER ** (1 / L)
     batch: np.ndarray  # int64: rows of A per step (M: full batch)
-    order: np.ndarray  # (K, B, M) int64: the epoch's permutation of A's rows ((K, B, 0): none)
+    order: np.ndarray  # (K, B, P M) int64: P epochs' permutations of A's rows ((K, B, 0): none)
     xi_row: np.ndarray  # int64: the run's row of the label-noise block, -1: no label noise
     accumulate: np.ndarray  # bool: sum the scaled residuals (GD, L = 2)
     rsum: np.ndarray  # (K, B, M): that sum ((K, B, 0) when no row accumulates)
@@ -411,28 +414,33 @@ class _Stack:
                         if c.batch is not None and c.batch < M}
         self.labels = {i: (stream(c.seed, 1), c.label_noise) for i, c in cfg.items()
                        if c.label_noise > 0}
+        #: the epoch lengths (steps) of the mini-batch runs, and how many epochs a draw covers
+        self.epochs = sorted({M // cfg[i].batch for i in self.shuffle})
+        self.epochs_ahead = 1
         if self.shuffle:
-            rows.order = np.zeros((K, B, M), dtype=np.int64)
-        #: the epoch lengths (steps) of the mini-batch runs: a step starting none draws nothing
-        self.epochs = sorted({M // min(cfg[i].batch, M) for i in self.shuffle})
+            self.epochs_ahead = max(1, min(-(-DRAW_STEPS // self.epochs[0]),
+                                           DRAW_BYTES // (8 * M * len(self.shuffle))))
+            rows.order = np.zeros((K, B, self.epochs_ahead * M), dtype=np.int64)
         self.xi_runs = sorted(self.labels)
-        self.xi_steps = max(1, min(LABEL_NOISE_STEPS,
-                                   LABEL_NOISE_BYTES // (8 * M * max(len(self.xi_runs), 1))))
+        self.xi_steps = max(1, min(DRAW_STEPS, DRAW_BYTES // (8 * M * max(len(self.xi_runs), 1))))
         self.xi = np.zeros((len(self.xi_runs), self.xi_steps, M))
         position = {i: q for q, i in enumerate(self.xi_runs)}
         for kk, j in zip(*np.nonzero(rows.run >= 0)):
             rows.xi_row[kk, j] = position.get(int(rows.run[kk, j]), -1)
 
     def _draw(self, k: int) -> None:
-        """Before step k: a new permutation for every mini-batch run whose epoch starts at k, and
-        the next block of label noise when k starts one."""
+        """Before step k: the next epochs' permutations for every mini-batch run whose block of
+        epochs starts at k, and the next block of label noise when k starts one."""
         rows = self.rows
-        if self.shuffle and any(k % epoch == 0 for epoch in self.epochs):
+        ahead = self.epochs_ahead
+        if self.shuffle and any(k % (epoch * ahead) == 0 for epoch in self.epochs):
             M = self.A.shape[1]
             due = rows.live & (rows.batch < M)
-            due &= k % np.maximum(M // rows.batch, 1) == 0
+            due &= k % (np.maximum(M // rows.batch, 1) * ahead) == 0
+            rows_of_a = np.tile(np.arange(M), (ahead, 1))
             for kk, j in zip(*np.nonzero(due)):
-                rows.order[kk, j] = self.shuffle[int(rows.run[kk, j])].permutation(M)
+                generator = self.shuffle[int(rows.run[kk, j])]
+                rows.order[kk, j] = generator.permuted(rows_of_a, axis=1).ravel()
         if self.labels and k % self.xi_steps == 0:
             for q, i in enumerate(self.xi_runs):
                 if i not in self.results:

@@ -164,14 +164,16 @@ def _dot_3x1(X, A, out, j, m):
 @njit(inline="always")
 def _weights(weight, order, batch, k):
     """weight <- M / batch at the rows of A in step k's batch, 0 elsewhere; all 1 for a full
-    batch. The batch is positions (k mod E) batch .. + batch of the epoch's permutation ``order``
-    (E = M // batch steps per epoch)."""
+    batch. ``order`` holds the permutations of P consecutive epochs (P M entries); step k is in
+    epoch k // E (E = M // batch steps per epoch), so its batch is positions (k mod E) batch ..
+    + batch of permutation (k // E) mod P."""
     M = weight.shape[0]
     if batch >= M:
         weight[:] = 1.0
         return
     weight[:] = 0.0
-    start = (k % (M // batch)) * batch
+    epoch = M // batch
+    start = (k // epoch) % (order.shape[0] // M) * M + (k % epoch) * batch
     scale = M / batch
     for t in range(start, start + batch):
         weight[order[t]] = scale
@@ -221,9 +223,8 @@ def step(A, AT, b, v, live, polar, normalized, depth, eta, eta_ratio, r, r0, nu,
       r <- r - eta~ radial / r, nu <- sign(nu (1 + radial)) ||v||.
 
     Stochastic rows (``dynamics``, "Stochastic steps"): a row with batch[kk, j] < M takes the
-    step on the rows of A at positions ``(k mod E) batch .. + batch`` of its epoch's permutation
-    ``order[kk, j]`` (E = M // batch), its residual entries there multiplied by M / batch and the
-    others 0; a row with xi_row[kk, j] = q >= 0 subtracts the label noise xi[q, t_block] from its
+    step on the rows of A in its batch of step k (``_weights``: epoch permutations from
+    ``order[kk, j]``), its residual entries there multiplied by M / batch and the others 0; a row with xi_row[kk, j] = q >= 0 subtracts the label noise xi[q, t_block] from its
     residual. Both change only the residual the step uses (and so WN's radial part); the loss and
     the stopping tests are on the clean full residual. Rows with ``accumulate`` add the scaled
     residual their step uses to rsum[kk, j] (GD's effective initialization). Full-batch rows
