@@ -135,7 +135,7 @@ class RunResult:
     curve_loss: np.ndarray  # float64, loss at curve_iter
     seconds: float  # this run's share (by iterations) of the wall time of its stack
     curve_error_truth: np.ndarray | None = None  # ||x~ - x*|| at curve_iter (x* known)
-    residual_sum: np.ndarray | None = None  # (M,) GD, L = 2: the sum of the scaled residuals
+    residual_sum: np.ndarray | None = None  # (M,) GD: the sum of the scaled residuals
     #                                          its steps used (``effective.log_shrink``)
 
 
@@ -317,7 +317,7 @@ class _Rows:
     batch: np.ndarray  # int64: rows of A per step (M: full batch)
     order: np.ndarray  # (K, B, P M) int64: P epochs' permutations of A's rows ((K, B, 0): none)
     xi_row: np.ndarray  # int64: the run's row of the label-noise block, -1: no label noise
-    accumulate: np.ndarray  # bool: sum the scaled residuals (GD, L = 2)
+    accumulate: np.ndarray  # bool: sum the scaled residuals (GD rows)
     rsum: np.ndarray  # (K, B, M): that sum ((K, B, 0) when no row accumulates)
 
     def take(self, index) -> "_Rows":
@@ -373,7 +373,7 @@ class _Stack:
             batch=per_row(lambda c: min(c.batch or M, M), M, np.int64),
             order=np.zeros((K, B, 0), dtype=np.int64),
             xi_row=np.full((K, B), -1, dtype=np.int64),
-            accumulate=~polar & (depth == 2) & real,
+            accumulate=~polar & real,
             rsum=np.zeros((K, B, 0)),
         )
         self._streams(cfg)

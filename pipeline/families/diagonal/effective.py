@@ -1,16 +1,18 @@
 """GD's effective initialization (docs/MODEL.md, "GD's effective initialization").
 
-For L = 2 a GD step multiplies each u entry by (1 - rho_t) and each v entry (signed model) by
-(1 + rho_t), with rho_t = A^T z_t and z_t the scaled residual the step used (2 eta (A x~ - b),
-masked and rescaled for a mini-batch, with the noisy labels for label noise). So
+A GD step moves each u entry by u_{k+1} = u_k - u_k^(L-1) c_k and each v entry (signed model) by
+v_{k+1} = v_k + v_k^(L-1) c_k, with c_k = A^T z_k and z_k the scaled residual the step used
+(eta L (A x~ - b), masked and rescaled for a mini-batch, with the noisy labels for label noise).
+With R = sum_k z_k, the final iterate has exactly the gradient flow's form from an effective
+initialization w_eff:
 
-    w_T = w_eff * exp(-/+ A^T R),   R = sum_t z_t,   log(w_eff / w0) = log|w_T / w0| +/- A^T R,
+    L = 2:  log(w_eff / w0) = log|w_T / w0| +/- A^T R                  (a factor)
+    L > 2:  w_eff^(2-L)     = |w_T|^(2-L) -/+ (L - 2) A^T R            (an additive shift)
 
-(- and + for u and v entries): the final iterate has exactly the gradient flow's form from w_eff,
-and when it interpolates it is the flow's limit from w_eff. Per entry the log-shrink is
-sum_t log|1 - rho_t| + rho_t (u) or sum_t log|1 + rho_t| - rho_t (v); the engine sums R (M
-numbers per run) instead of a logarithm per entry and step, and this module recovers the same
-sum from w_T, w0 and R.
+(upper signs for u entries, lower for v), so when it interpolates it is the flow's limit from
+w_eff. For L = 2 the log-shrink is sum_k log|1 - rho_k| + rho_k per u entry (rho_k = c_k); the
+engine sums R (M numbers per run, one addition per entry and step) instead of a logarithm per
+entry and step, and this module recovers the same sums from w_T, w0 and R.
 """
 
 from __future__ import annotations
@@ -19,15 +21,21 @@ import numpy as np
 
 
 def log_shrink(A: np.ndarray, w0: np.ndarray, w_final: np.ndarray, residual_sum: np.ndarray,
-               signed: bool) -> np.ndarray | None:
+               signed: bool, depth: int = 2) -> np.ndarray | None:
     """l = log(w_eff / w0) per trainable entry, shape (n,) (n = N, or 2N signed: u then v).
 
-    A: (M, N); w0, w_final: (n,); residual_sum: R (M,). None when an entry of w0 or w_T is zero
-    or anything is not finite (an entry flushed to zero, a diverged run): l is then unknown."""
+    A: (M, N); w0, w_final: (n,); residual_sum: R (M,); depth: L >= 2. None when l is unknown:
+    an entry of w0 or w_T is zero (an entry flushed to zero), w_eff^(2-L) is not positive (a step
+    flipped an entry's sign), or anything is not finite (a diverged run)."""
     g = A.T @ residual_sum
+    shift = np.concatenate((g, -g)) if signed else g
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        log_ratio = np.log(np.abs(w_final)) - np.log(np.abs(w0))
-    out = log_ratio + (np.concatenate((g, -g)) if signed else g)
+        if depth == 2:
+            out = np.log(np.abs(w_final)) - np.log(np.abs(w0)) + shift
+        else:
+            q = 2.0 - depth
+            base = np.abs(w_final) ** q - (depth - 2) * shift  # w_eff^(2-L)
+            out = np.log(base / np.abs(w0) ** q) / q
     if not np.all(np.isfinite(out)):
         return None
     return out

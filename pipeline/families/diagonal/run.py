@@ -194,12 +194,13 @@ def early_stopping(result: dynamics.RunResult) -> dict:
 def discrete_columns(problem: problems.Instance, run: Run, w0: np.ndarray,
                      result: dynamics.RunResult, signed: bool, save_solutions: bool) -> dict:
     """GD's effective initialization (``effective``) and ``pred_discrete_error``, the distance
-    of x_T to the flow's limit from it: GD runs with L = 2 that did not diverge; else nulls."""
+    of x_T to the flow's limit from it: GD runs that did not diverge; else nulls."""
     row = {"log_shrink_l1": None, "shrink_factor": None, "w_eff": None,
            "pred_discrete_error": None}
     if result.residual_sum is None or result.status == "diverged":
         return row
-    shrink = effective.log_shrink(problem.A, w0, result.w_final, result.residual_sum, signed)
+    shrink = effective.log_shrink(problem.A, w0, result.w_final, result.residual_sum, signed,
+                                  run.L)
     if shrink is None:
         return row
     w_eff = w0 * np.exp(shrink)
