@@ -127,12 +127,12 @@ def test_noise_figures_facets_and_series():
     assert "final iterate" in titles and "early-stopped" in titles and "0.01" in titles
     fig = methods.plot_early_stopping(runs)
     assert len(fig.axes) == 3  # one panel per alpha
-    assert fig.axes[0].get_xscale() == "symlog"  # sigma = 0 with 0.01 and 0.1
+    assert fig.axes[0].get_xscale() == "log"  # sigma > 0 only: sigma = 0 is left out
     texts = legend_texts(fig)
     assert methods.BP in texts and "x_l1 (basis pursuit)" in texts and "GD" in texts
     bp = [ln for ln in fig.axes[0].get_lines() if mcolors.same_color(ln.get_color(), "black")
-          and len(ln.get_xdata()) == 3]
-    assert np.allclose(bp[0].get_ydata(), np.array([0.0, 0.01, 0.1]) + 1e-9)
+          and len(ln.get_xdata()) == 2]
+    assert np.allclose(bp[0].get_ydata(), np.array([0.01, 0.1]) + 1e-9)
 
 
 def test_effective_init_draws_gd_shrink_factor_beside_wn_alpha_eff():

@@ -128,9 +128,12 @@ plot_noise_error.USES = ("alpha", "noise", "batch", "label_noise")
 def plot_early_stopping(runs: pd.DataFrame) -> MplFigure:
     """Error to x* against the noise level sigma: each variant's final iterate (``error_truth``)
     and best iterate (``error_truth_min``, early stopping; line styles), beside the basis-pursuit
-    solution's ``bp_error_truth`` (black, one value per instance); one panel per alpha."""
+    solution's ``bp_error_truth`` (black, one value per instance); one panel per alpha. Only
+    sigma > 0 is drawn (log axis): without noise basis pursuit recovers x* to rounding, and there
+    is nothing to stop early for."""
     plots._require_single_slice(runs, plot_early_stopping.USES, "plot_early_stopping")
-    d = _kept(runs, (*ESTIMATES, "bp_error_truth"))
+    d = _kept(runs[pd.to_numeric(runs["noise"], errors="coerce") > 0],
+              (*ESTIMATES, "bp_error_truth"))
     ids = ["variant", "alpha", "noise"]
     bp = d.drop_duplicates(["instance_id", "alpha"]).assign(variant=BP)
     data = pd.concat([_long(d, ids, ESTIMATES, "error of"),

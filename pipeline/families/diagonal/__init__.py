@@ -72,10 +72,18 @@ def run_step_seconds(M: int, N: int, signed: bool) -> float:
     return 4.0 * M * N / EFFECTIVE_FLOPS + n * ENTRY_SECONDS
 
 
+#: Seconds per normal drawn for label noise (M per step of a run; numpy's ziggurat ~9 ns, with
+#: the block's copy; benchmarks/stochastic.py).
+NORMAL_SECONDS = 1.5e-8
+
+
 def _cost(inst, runs) -> float:
-    """A basis-pursuit solve plus the instance's runs in a stack, each to its max_iters."""
+    """A basis-pursuit solve plus the instance's runs in a stack, each to its max_iters (label
+    noise adds its draws; a mini-batch step costs a full step: both products are computed)."""
     iterations = sum(r.max_iters for r in runs)
-    return BP_SECONDS + iterations * run_step_seconds(inst.M, inst.N, inst.sign == "signed")
+    noisy = sum(r.max_iters for r in runs if (r.params.get("label_noise") or 0) > 0)
+    return (BP_SECONDS + iterations * run_step_seconds(inst.M, inst.N, inst.sign == "signed")
+            + noisy * inst.M * NORMAL_SECONDS)
 
 
 def _quiet() -> None:
