@@ -60,12 +60,12 @@ def _long(d: pd.DataFrame, ids: list[str], columns: dict[str, str], name: str) -
 
 
 def _scale(ax: Any, axis: str, values: pd.Series) -> None:
-    """Log when the values are a log grid; symlog (linear below the smallest positive value)
-    when they hold 0 and positive values spanning >= 10x; else linear."""
+    """Log when the values are positive and a log grid or span >= 10x; symlog (linear below the
+    smallest positive value) when they hold 0 and positive values spanning >= 10x; else linear."""
     v = pd.to_numeric(values, errors="coerce").dropna()
     pos = v[v > 0]
     setter = ax.set_xscale if axis == "x" else ax.set_yscale
-    if len(pos) and (v > 0).all() and plots.is_log_grid(pos):
+    if len(pos) and (v > 0).all() and (plots.is_log_grid(pos) or pos.max() >= 10 * pos.min()):
         setter("log")
     elif len(pos) >= 2 and (v == 0).any() and pos.max() >= 10 * pos.min():
         setter("symlog", linthresh=float(pos.min()))
