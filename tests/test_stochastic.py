@@ -300,3 +300,19 @@ def test_stochastic_sweep_columns_and_serial_equals_ray(ray_local, tmp_path):
 def test_stream_seed_is_the_run_ids_hash():
     run_id = "r-" + "0123456789abcdef0123"
     assert stream_seed(run_id) == int("0123456789abcdef0123", 16)
+
+
+def test_folders_written_before_the_keys_read_them_as_defaults():
+    """A 0.3 folder has no noise, batch or label_noise columns: its runs ran noiseless and full
+    batch, so analysis.load gives noise = label_noise = 0 where they apply, batch null (full)."""
+    from pathlib import Path
+
+    folders = Path(__file__).parent / "data" / "folders"
+    diagonal = analysis.load(str(folders / "legacy-avx512"))
+    assert (diagonal.noise == 0).all() and (diagonal.label_noise == 0).all()
+    assert diagonal.batch.isna().all() and diagonal.shrink_factor.isna().all()
+    mixed = analysis.load(str(folders / "legacy-mixed"))
+    twolayer = mixed.family == "twolayer"
+    assert twolayer.any() and (~twolayer).any()
+    assert mixed.loc[twolayer, ["noise", "label_noise"]].isna().all().all()
+    assert (mixed.loc[~twolayer, ["noise", "label_noise"]] == 0).all().all()
