@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.variants import gradient_keys
 from pipeline import families, parameters
 
 #: Parameter columns that identify a grid cell (everything but the trial), and the columns on
@@ -115,7 +116,8 @@ def paired_ratios(runs: pd.DataFrame) -> pd.DataFrame:
     """Per WN-GD run, the ratio error_l1(GD) / error_l1(WN-GD) against its paired GD run.
 
     Pairing: the GD run with the same ``PAIR_KEYS`` (same instance, hence same trial and problem;
-    same L, init, alpha, max_iters, tol) and the same ``eta``; if no GD run has that eta but GD
+    same L, init, alpha, max_iters, tol), the same kind of gradient (``variants.gradient_keys``:
+    batch, a batch of M being the full batch, and label noise) and the same ``eta``; if no GD run has that eta but GD
     has exactly one eta for those keys, that GD run is used (typical: ``gd: {eta: 0.01}`` with a
     WN eta axis). Otherwise the WN run is unpaired.
 
@@ -125,10 +127,11 @@ def paired_ratios(runs: pd.DataFrame) -> pd.DataFrame:
     ``"non_finite"`` (either error NaN/inf), ``"gd_error_zero"`` or ``"wn_error_zero"``
     (the ratio would be 0 or inf and break the geometric mean).
     """
-    keys = [k for k in PAIR_KEYS if k in runs.columns]
+    runs = runs.assign(**{f"_{k}": v for k, v in gradient_keys(runs).items()})
+    keys = [k for k in PAIR_KEYS if k in runs.columns] + ["_batch", "_delta"]
     wn = runs[runs["method"] == "wn"].copy()
     gd = runs[runs["method"] == "gd"]
-    keep = [*cell_keys(runs), "trial", "instance_id", "run_id", "error_l1"]
+    keep = [*cell_keys(runs), "trial", "instance_id", "run_id", "error_l1", "_batch", "_delta"]
     wn = wn[list(dict.fromkeys(keep))].rename(columns={"error_l1": "error_wn"})
     wn["_row"] = np.arange(len(wn))
     gd = gd[[*keys, "eta", "run_id", "error_l1"]].rename(
@@ -146,7 +149,7 @@ def paired_ratios(runs: pd.DataFrame) -> pd.DataFrame:
     paired = pd.concat([exact, fallback], ignore_index=True)
     unpaired = wn[~wn["_row"].isin(paired["_row"])]
     out = pd.concat([paired, unpaired], ignore_index=True).sort_values("_row")
-    out = out.drop(columns="_row").reset_index(drop=True)
+    out = out.drop(columns=["_row", "_batch", "_delta"]).reset_index(drop=True)
 
     e_gd = pd.to_numeric(out["error_gd"], errors="coerce").astype(float)
     e_wn = pd.to_numeric(out["error_wn"], errors="coerce").astype(float)

@@ -172,9 +172,11 @@ def load_provenance(path_or_uri: str | os.PathLike) -> dict[str, Any]:
 
 
 def _fill_added_defaults(df: pd.DataFrame) -> None:
-    """Numeric parameters added after a folder was written (``noise``, ``label_noise``) are null
-    in its older rows: they ran at the default, so the default stands in wherever the parameter
-    applies to the row's family and method (a resumed folder's old and new rows are one cell)."""
+    """Numeric parameters added after a folder was written (``noise``, ``label_noise``; the
+    two-layer family's are always written) are null in its older rows: they ran at the default,
+    so the default stands in wherever the parameter applies to the row's family and method (a
+    resumed folder's old and new rows are one cell). A generated problem's parameter stays null
+    for an instance file's runs."""
     names = df["family"].map(families.family_name) if "family" in df else None
     for p in PARAMS:
         if (p.identity != "unless_default" or p.kind == "str" or p.required
@@ -185,4 +187,6 @@ def _fill_added_defaults(df: pd.DataFrame) -> None:
             applies = applies & names.map(p.applies_to_family)
         elif not p.applies_to_family(families.DEFAULT_FAMILY):
             continue
+        if p.generated and "problem_file" in df:
+            applies = applies & df["problem_file"].isna()
         df.loc[df[p.name].isna() & applies, p.name] = p.default

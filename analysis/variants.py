@@ -6,7 +6,8 @@ Labels: ``GD``, ``SGD (batch 4)``, ``label-noise GD (delta 0.1)``, ``label-noise
 delta 0.1)``, ``WN-GD``, ``WN-GD, batch 4``, ``WN-GD, label noise 0.1``, ``WN-GD, batch 4, label
 noise 0.1``. Their order (``variant_order``): method (GD first), then increasing label noise, then the full
 batch before mini-batches by increasing batch. A missing or null ``batch`` is the full batch and
-a missing or null ``label_noise`` is no label noise (folders written before these keys).
+a missing or null ``label_noise`` is no label noise (folders written before these keys); a
+``batch`` of M rows (the instance's M) is the full batch too.
 """
 
 from __future__ import annotations
@@ -39,11 +40,19 @@ def _label(method: str, batch: float, delta: float) -> str:
     return ", ".join(parts + ([] if clean else [f"label noise {delta:g}"]))
 
 
+def gradient_keys(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run: ``batch`` (inf = full batch: null, or at least the instance's M) and ``delta``
+    (the label noise; 0 = none), the two keys that make a gradient stochastic."""
+    batch = _column(runs, "batch", np.inf)
+    if "M" in runs:
+        batch = batch.where(batch < pd.to_numeric(runs["M"], errors="coerce"), np.inf)
+    return pd.DataFrame({"batch": batch, "delta": _column(runs, "label_noise", 0.0)},
+                        index=runs.index)
+
+
 def _keys(runs: pd.DataFrame) -> pd.DataFrame:
     """Per run: method, batch (inf = full batch) and label noise (0 = none)."""
-    return pd.DataFrame({"method": runs["method"].astype(object),
-                         "batch": _column(runs, "batch", np.inf),
-                         "delta": _column(runs, "label_noise", 0.0)}, index=runs.index)
+    return gradient_keys(runs).assign(method=runs["method"].astype(object))
 
 
 def variant_order(runs: pd.DataFrame) -> list[str]:

@@ -165,11 +165,10 @@ def test_figures_skipped_without_their_columns_or_variation():
     assert drawn("methods_bias", sgd_only) is None  # one variant, but SGD
 
 
-def test_slices_once_the_new_keys_are_cell_keys(monkeypatch):
-    """With batch, label_noise (per method) and noise as cell keys (the engine of issue 19), a
-    figure draws every variant in one file and, except the noise figures, one file per sigma."""
-    monkeypatch.setattr(plots, "CELL_KEYS", (*plots.CELL_KEYS, "noise", "batch", "label_noise"))
-    monkeypatch.setattr(plots, "METHOD_KEYS", (*plots.METHOD_KEYS, "batch", "label_noise"))
+def test_slices_of_the_cell_keys_batch_label_noise_and_noise():
+    """batch, label_noise (per method) and noise are cell keys: a figure draws every variant in
+    one file and, except the noise figures, one file per sigma."""
+    assert {"noise", "batch", "label_noise"} <= set(plots.CELL_KEYS)
     runs = noisy_runs()
     for name, n in (("methods_bias", 3), ("effective_init", 3), ("noise_error", 1),
                     ("early_stopping", 1)):
@@ -206,3 +205,21 @@ def test_report_draws_the_new_figures(tmp_path: Path, monkeypatch):
     assert NEW <= drawn_names and not [k for k in res.skipped if "failed" in res.skipped[k]]
     index = (tmp_path / "out" / "index.html").read_text()
     assert "interquartile range" in index and "methods_bias__noise-0.1.png" in index
+
+
+def test_a_batch_of_M_rows_is_full_batch_gd_and_pairs_with_wn_gd():
+    """``batch: M`` (as in sweeps/stochastic-alpha.yaml) is labelled GD, and WN-GD's paired
+    ratio takes that run, not an SGD or label-noise run of the same instance and alpha."""
+    from analysis.aggregate import paired_ratios
+
+    rows = []
+    for batch, delta, error in ((1, 0.0, 5.0), (40, 0.1, 7.0), (40, 0.0, 3.0), (4, 0.0, 9.0)):
+        rows.append(sr.run_row(method="gd", batch=batch, label_noise=delta, M=40, alpha=0.1,
+                               run_id=f"gd-{batch}-{delta}", error_l1=error))
+    rows.append(sr.run_row(method="wn", M=40, alpha=0.1, run_id="wn", error_l1=1.5,
+                           label_noise=0.0))
+    runs = pd.DataFrame(rows)
+    assert list(variants(runs).astype(str)) == [
+        "SGD (batch 1)", "label-noise GD (delta 0.1)", "GD", "SGD (batch 4)", "WN-GD"]
+    (pair,) = paired_ratios(runs).itertuples()
+    assert pair.gd_run_id == "gd-40-0.0" and pair.ratio == pytest.approx(2.0)

@@ -236,10 +236,17 @@ def test_pred_discrete_error_is_rounding_on_converged_runs(signed, depth, batch)
     assert summary["shrink_factor"] < 1 and summary["log_shrink_l1"] > 0
 
 
-def test_log_shrink_is_unknown_for_flushed_entries():
+def test_log_shrink_is_unknown_for_flushed_entries_and_odd_depth_sign_flips():
     A = np.eye(2, 3)
     assert effective.log_shrink(A, np.ones(3), np.array([1.0, 0.0, 1.0]), np.zeros(2),
                                 False) is None
+    flipped = np.array([0.5, -0.5, 0.5])
+    assert effective.log_shrink(A, np.ones(3), flipped, np.zeros(2), False, 3) is None
+    # at even depth the forms use |w|: a flip is exact (here w_eff = |w_T| with R = 0)
+    np.testing.assert_allclose(effective.log_shrink(A, np.ones(3), flipped, np.zeros(2), False),
+                               np.log(0.5))
+    np.testing.assert_allclose(effective.log_shrink(A, np.ones(3), flipped, np.zeros(2), False, 4),
+                               np.log(0.5))
 
 
 # --- through a sweep: columns, early stopping, serial and Ray -----------------------------------
@@ -278,9 +285,8 @@ def test_stochastic_sweep_columns_and_serial_equals_ray(ray_local, tmp_path):
         for x, y in zip(a[column], b[column]):
             assert np.array_equal(np.asarray(x, dtype=float), np.asarray(y, dtype=float),
                                   equal_nan=True) if column != "status" else x == y, column
-    # batch 12 = M is full batch: same numbers as the runs of a sweep without the key would have
     gd = a[a.method == "gd"]
-    assert set(gd.batch) == {3, 12}
+    assert set(gd.batch) == {3, 12}  # 12 = M: full batch (bit for bit: the engine test above)
     # effective initialization: every GD row that did not diverge, at L = 2 and 3
     has = a.shrink_factor.notna()
     assert (a[has].method == "gd").all() and set(a[has].L) == {2, 3}
@@ -316,3 +322,17 @@ def test_folders_written_before_the_keys_read_them_as_defaults():
     assert twolayer.any() and (~twolayer).any()
     assert mixed.loc[twolayer, ["noise", "label_noise"]].isna().all().all()
     assert (mixed.loc[~twolayer, ["noise", "label_noise"]] == 0).all().all()
+
+
+def test_an_instance_files_runs_keep_noise_null(tmp_path):
+    """``problem.noise`` is a generated problem's key: an instance file's runs store and read it
+    as null (analysis.load fills the default only where the key applies)."""
+    problem = _instance(signed=False)
+    np.savez(tmp_path / "inst.npz", A=problem.A, b=problem.b, x_star=problem.x_star)
+    path = tmp_path / "file.yaml"
+    path.write_text("name: file\nproblem: {file: inst.npz}\nmodel: {depth: 2}\n"
+                    "init: {alpha: 0.1}\nmethods: {gd: {eta: 0.05, label_noise: [0, 0.01]}}\n"
+                    "train: {max_iters: 50}\n")
+    sweep.run_sweep(str(path), out=str(tmp_path / "out"), executor="serial", progress=False)
+    runs = analysis.load(str(tmp_path / "out"))
+    assert len(runs) == 2 and runs.noise.isna().all() and set(runs.label_noise) == {0.0, 0.01}

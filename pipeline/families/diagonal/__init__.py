@@ -75,15 +75,20 @@ def run_step_seconds(M: int, N: int, signed: bool) -> float:
 #: Seconds per normal drawn for label noise (M per step of a run; numpy's ziggurat ~9 ns, with
 #: the block's copy; benchmarks/stochastic.py).
 NORMAL_SECONDS = 1.5e-8
+#: Planned seconds of a GD run's own predicted-limit solve (from its effective initialization,
+#: ``pred_discrete_error``; 1-5 ms at (40, 100), benchmarks/theory.py): an upper estimate.
+PREDICTION_SECONDS = 0.01
 
 
 def _cost(inst, runs) -> float:
     """A basis-pursuit solve plus the instance's runs in a stack, each to its max_iters (label
-    noise adds its draws; a mini-batch step costs a full step: both products are computed)."""
+    noise adds its draws; a mini-batch step costs a full step: both products are computed),
+    and each GD run's predicted limit from its effective initialization."""
     iterations = sum(r.max_iters for r in runs)
     noisy = sum(r.max_iters for r in runs if (r.params.get("label_noise") or 0) > 0)
+    gd_runs = sum(1 for r in runs if r.method == "gd")
     return (BP_SECONDS + iterations * run_step_seconds(inst.M, inst.N, inst.sign == "signed")
-            + noisy * inst.M * NORMAL_SECONDS)
+            + noisy * inst.M * NORMAL_SECONDS + gd_runs * PREDICTION_SECONDS)
 
 
 def _quiet() -> None:

@@ -205,9 +205,10 @@ def wn_scaled_step(
 
 def stack_bytes(n_instances: int, n_rows: int, M: int, N: int, signed: bool) -> int:
     """Memory of one stack in bytes: the stacked A (K, M, N) and its transpose, plus the row
-    arrays of ``n_rows`` rows (padding included), float64."""
+    arrays of ``n_rows`` rows (padding included: v, the residual sum, scalars), float64. A
+    stochastic run's draws come on top, at most DRAW_BYTES for each kind."""
     n = models.n_trainable(N, signed)
-    return 8 * (2 * n_instances * M * N + n_rows * (n + _ROW_SCALARS))
+    return 8 * (2 * n_instances * M * N + n_rows * (n + M + _ROW_SCALARS))
 
 
 def padded_rows(n_runs: int) -> int:
@@ -419,7 +420,7 @@ class _Stack:
         self.epochs_ahead = 1
         if self.shuffle:
             self.epochs_ahead = max(1, min(-(-DRAW_STEPS // self.epochs[0]),
-                                           DRAW_BYTES // (8 * M * len(self.shuffle))))
+                                           DRAW_BYTES // (8 * M * K * B)))
             rows.order = np.zeros((K, B, self.epochs_ahead * M), dtype=np.int64)
         self.xi_runs = sorted(self.labels)
         self.xi_steps = max(1, min(DRAW_STEPS, DRAW_BYTES // (8 * M * max(len(self.xi_runs), 1))))

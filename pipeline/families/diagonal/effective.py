@@ -24,9 +24,13 @@ def log_shrink(A: np.ndarray, w0: np.ndarray, w_final: np.ndarray, residual_sum:
                signed: bool, depth: int = 2) -> np.ndarray | None:
     """l = log(w_eff / w0) per trainable entry, shape (n,) (n = N, or 2N signed: u then v).
 
-    A: (M, N); w0, w_final: (n,); residual_sum: R (M,); depth: L >= 2. None when l is unknown:
-    an entry of w0 or w_T is zero (an entry flushed to zero), w_eff^(2-L) is not positive (a step
-    flipped an entry's sign), or anything is not finite (a diverged run)."""
+    A: (M, N); w0, w_final: (n,); residual_sum: R (M,); depth: L >= 2. At even L the forms hold
+    through a step that flips an entry's sign (they use |w|); at odd L a flipped entry is not of
+    the flow's form. None when l is unknown: an entry of w0 or w_T is zero (an entry flushed to
+    zero), an entry's sign flipped at odd L, w_eff^(2-L) is not positive, or anything is not
+    finite (a diverged run)."""
+    if depth % 2 == 1 and np.any(np.sign(w_final) != np.sign(w0)):
+        return None
     g = A.T @ residual_sum
     shift = np.concatenate((g, -g)) if signed else g
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
