@@ -117,9 +117,9 @@ def paired_ratios(runs: pd.DataFrame) -> pd.DataFrame:
 
     Pairing: the GD run with the same ``PAIR_KEYS`` (same instance, hence same trial and problem;
     same L, init, alpha, max_iters, tol), the same kind of gradient (``variants.gradient_keys``:
-    batch, a batch of M being the full batch, and label noise) and the same ``eta``; if no GD run has that eta but GD
-    has exactly one eta for those keys, that GD run is used (typical: ``gd: {eta: 0.01}`` with a
-    WN eta axis). Otherwise the WN run is unpaired.
+    batch, a batch of M being the full batch, and label noise) and the same ``eta``; if no GD
+    run has that eta but GD has exactly one eta for those keys, that GD run is used (typical:
+    ``gd: {eta: 0.01}`` with a WN eta axis). Otherwise the WN run is unpaired.
 
     Returns one row per WN run: its cell keys, ``trial``, ``instance_id``, ``run_id``,
     ``gd_run_id``, ``gd_eta``, ``error_gd``, ``error_wn``, ``ratio``, ``log10_ratio`` and

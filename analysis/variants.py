@@ -17,10 +17,6 @@ import pandas as pd
 
 from pipeline import families
 
-#: The run columns a variant is made of.
-VARIANT_COLUMNS = ("method", "batch", "label_noise")
-
-
 def _column(runs: pd.DataFrame, name: str, fill: float) -> pd.Series:
     """``runs[name]`` as float, ``fill`` where missing or null."""
     if name not in runs:

@@ -196,7 +196,7 @@ def _need(col: str, what: str):
     return check
 
 
-def _several_variants(df: pd.DataFrame) -> bool:
+def _has_noisy_gradient(df: pd.DataFrame) -> bool:
     """SGD or label-noise runs (GD against WN-GD alone: the error-vs-alpha figure)."""
     return bool(is_noisy_gradient(df).any())
 
@@ -206,10 +206,6 @@ def _has_factor(df: pd.DataFrame) -> bool:
     return _has_positive("shrink_factor", "gd")(df)
 
 
-def _need_factor(df: pd.DataFrame) -> str | None:
-    return None if _has_factor(df) else "needs GD's shrink_factor or WN-GD's alpha_eff"
-
-
 ALPHA, NOISE = need_values("alpha", "alpha"), need_values("noise", "noise sigma")
 FINAL, BEST = _need("error_truth", "needs x*"), _need("error_truth_min", "needs loss curves, x*")
 BP_ERROR = _need("bp_error_truth", "needs x*")
@@ -217,11 +213,11 @@ _noisy = _has_positive("noise")
 
 FIGURES = [
     Figure("methods_bias", f"error to min-l1 vs alpha, GD / SGD / label-noise GD / WN-GD "
-           f"({CAPTION})", plot_methods_bias, (ALPHA,), applies=_several_variants),
+           f"({CAPTION})", plot_methods_bias, (ALPHA,), applies=_has_noisy_gradient),
     Figure("noise_error", f"error to x* vs alpha per noise level, final and early-stopped "
            f"({CAPTION})", plot_noise_error, (ALPHA, FINAL, BEST), applies=_noisy),
     Figure("early_stopping", f"early stopping: error to x* vs noise level beside basis pursuit "
            f"({CAPTION})", plot_early_stopping, (NOISE, FINAL, BEST, BP_ERROR), applies=_noisy),
     Figure("effective_init", f"effective initialization vs alpha, GD and WN-GD ({CAPTION})",
-           plot_effective_init, (_need_factor,), applies=_has_factor),
+           plot_effective_init, applies=_has_factor),
 ]

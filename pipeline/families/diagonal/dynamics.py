@@ -375,11 +375,9 @@ class _Stack:
             order=np.zeros((K, B, 0), dtype=np.int64),
             xi_row=np.full((K, B), -1, dtype=np.int64),
             accumulate=~polar & real,
-            rsum=np.zeros((K, B, 0)),
+            rsum=np.zeros((K, B, M if (~polar & real).any() else 0)),
         )
         self._streams(cfg)
-        if self.rows.accumulate.any():
-            self.rows.rsum = np.zeros((K, B, M))
         known = [x is not None for x in truths]
         self.x_star = (None if not any(known) else
                        np.stack([np.full(N, np.nan) if x is None else np.asarray(x, float)
@@ -492,8 +490,8 @@ class _Stack:
         live = self.rows.live
         self.curve[self.local[live], self.curve_col[k]] = self.loss[live]
 
-    def _weights(self, kk: np.ndarray, jj: np.ndarray) -> np.ndarray:
-        """The weights w of rows (kk, jj), (rows, n): v for GD, r d = v r / nu for WN."""
+    def _row_weights(self, kk: np.ndarray, jj: np.ndarray) -> np.ndarray:
+        """The network weights w of rows (kk, jj), (rows, n): v for GD, r d = v r / nu for WN."""
         rows = self.rows
         scale = np.where(rows.polar[kk, jj], rows.r[kk, jj] / rows.nu[kk, jj], 1.0)
         return rows.v[kk, jj] * scale[:, None]
@@ -502,7 +500,7 @@ class _Stack:
         """||x~ - x*|| of every live row at iterate k (before step k moves it)."""
         rows = self.rows
         kk, jj = np.nonzero(rows.live)
-        w = self._weights(kk, jj)
+        w = self._row_weights(kk, jj)
         depth = rows.depth[kk, jj]
         error = np.empty(kk.size)
         for L in np.unique(depth):
@@ -516,19 +514,16 @@ class _Stack:
         their rows idle, and re-pack the stack if that pays (see REPACK_FRACTION)."""
         rows = self.rows
         done = rows.live & (self.stop != kernels.RUNNING)
-        for kk, j in zip(*np.nonzero(done)):
+        stopped = np.nonzero(done)
+        for kk, j, w in zip(*stopped, self._row_weights(*stopped)):
             i, local = int(rows.run[kk, j]), int(self.local[kk, j])
             own = self.curve_own[local] & (self.curve_its < k)
             wn = bool(rows.polar[kk, j])
-            w = rows.v[kk, j] * (rows.r[kk, j] / rows.nu[kk, j]) if wn else rows.v[kk, j].copy()
             loss = self.loss[kk, j]
             x_final = models.product(w, int(rows.depth[kk, j]), self.signed)
-            truth = None if self.x_star is None else self.x_star[kk]
-            if truth is not None and not np.isnan(truth).any():
-                final = np.linalg.norm(x_final - truth)
-                truth = np.append(self.curve_truth[local, own], final)
-            else:
-                truth = None
+            x_star = None if self.x_star is None else self.x_star[kk]  # NaN: unknown
+            truth = None if x_star is None or np.isnan(x_star).any() else np.append(
+                self.curve_truth[local, own], np.linalg.norm(x_final - x_star))
             self.results[i] = RunResult(
                 status=kernels.STATUS[int(self.stop[kk, j])],
                 iterations=k,
