@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,27 @@ os.environ.pop("RAY_ADDRESS", None)
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def copy_package(tmp_path: Path) -> Path:
+    """A copy of the ``pipeline`` and ``analysis`` packages under ``tmp_path/pkg`` (its root),
+    for tests that change the code and run it."""
+    root = tmp_path / "pkg"
+    for package in ("pipeline", "analysis"):
+        shutil.copytree(REPO / package, root / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def run_in(root: Path, *args: str, python: bool = False,
+           timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m pipeline *args`` (``python *args`` with ``python``) in a fresh process that
+    imports the packages at ``root``, without a Ray address or usage stats."""
+    env = {**os.environ, "PYTHONPATH": str(root), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, *args] if python else [sys.executable, "-m", "pipeline", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=root,
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,8 @@ and a new family added by its folder and one registry line alone, in a copy of t
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from pipeline.parameters import PARAMS
 from pipeline.plan import make_plan
 from pipeline.spec import SpecError, parse_spec
 from pipeline.task import run_task
+from tests.conftest import copy_package, run_in
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,10 +166,7 @@ train: {max_iters: 5000, tol: 1.0e-20}
 
 def _copy_with_toy_family(tmp_path: Path) -> Path:
     """The package copied, with the toy family's folder and one registry line: nothing else."""
-    root = tmp_path / "pkg"
-    for package in ("pipeline", "analysis"):
-        shutil.copytree(REPO / package, root / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+    root = copy_package(tmp_path)
     folder = root / "pipeline" / "families" / "toy"
     folder.mkdir()
     (folder / "__init__.py").write_text(textwrap.dedent(TOY_INIT))
@@ -190,14 +186,6 @@ def _copy_with_toy_family(tmp_path: Path) -> Path:
     return root
 
 
-def _in_copy(root: Path, *args: str, python: bool = False) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(root), "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    command = [sys.executable, *args] if python else [sys.executable, "-m", "pipeline", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=root,
-                          timeout=600)
-
-
 @pytest.mark.slow
 def test_adding_a_family_touches_only_its_folder(tmp_path: Path):
     root = _copy_with_toy_family(tmp_path)
@@ -206,20 +194,20 @@ def test_adding_a_family_touches_only_its_folder(tmp_path: Path):
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(TOY_SWEEP % "-1")
-    refused = _in_copy(root, "run", str(bad), "--executor", "serial", "--out", str(tmp_path / "b"))
+    refused = run_in(root, "run", str(bad), "--executor", "serial", "--out", str(tmp_path / "b"))
     assert refused.returncode == 2 and "model.damping" in refused.stderr, refused.stderr
     assert ">= 0" in refused.stderr and not (tmp_path / "b").exists()
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text(TOY_SWEEP.replace("family: toy", "family: matrix") % "0.0")
-    refused = _in_copy(root, "run", str(unknown), "--executor", "serial", "--out",
+    refused = run_in(root, "run", str(unknown), "--executor", "serial", "--out",
                        str(tmp_path / "u"))
     assert refused.returncode == 2 and "model.family" in refused.stderr
     assert "diagonal, twolayer, toy" in refused.stderr and not (tmp_path / "u").exists()
 
-    serial = _in_copy(root, "run", str(sweep), "--executor", "serial", "--out",
+    serial = run_in(root, "run", str(sweep), "--executor", "serial", "--out",
                       str(tmp_path / "serial"))
     assert serial.returncode == 0, serial.stderr
-    ray = _in_copy(root, "run", str(sweep), "--num-cpus", "2", "--no-progress", "--out",
+    ray = run_in(root, "run", str(sweep), "--num-cpus", "2", "--no-progress", "--out",
                    str(tmp_path / "ray"))
     assert ray.returncode == 0, ray.stderr
     runs = {name: pq.read_table(tmp_path / name / "runs").to_pandas().sort_values("run_id")
@@ -235,11 +223,11 @@ def test_adding_a_family_touches_only_its_folder(tmp_path: Path):
     instances = pq.read_table(tmp_path / "serial" / "instances").to_pandas()
     assert instances.toy_ref_norm.notna().all() and instances.x_l1.isna().all()
 
-    loaded = _in_copy(root, "-c", "import analysis; df = analysis.load(%r); "
+    loaded = run_in(root, "-c", "import analysis; df = analysis.load(%r); "
                       "print(len(df), sorted(set(df.family)), df.toy_ref_norm.notna().all())"
                       % str(tmp_path / "serial"), python=True)
     assert loaded.stdout.split() == ["8", "['toy']", "True"], loaded.stderr
-    report = _in_copy(root, "report", str(tmp_path / "serial"))
+    report = run_in(root, "report", str(tmp_path / "serial"))
     assert report.returncode == 0, report.stderr
     summary = (tmp_path / "serial" / "report" / "summary.csv").read_text()
     assert "toy_error_median" in summary.splitlines()[0]
@@ -248,7 +236,7 @@ def test_adding_a_family_touches_only_its_folder(tmp_path: Path):
     code = ("import json, sys; sys.path.insert(0, %r); from test_identity import SWEEP_FILES, "
             "identity; print(json.dumps({p: identity(p) for p in SWEEP_FILES}))"
             % str(REPO / "tests"))
-    ids = _in_copy(root, "-c", code, python=True)
+    ids = run_in(root, "-c", code, python=True)
     assert ids.returncode == 0, ids.stderr
     assert json.loads(ids.stdout) == json.loads((REPO / "tests/data/identities.json").read_text())
 

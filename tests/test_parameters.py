@@ -13,11 +13,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -38,6 +35,7 @@ from pipeline.plan import make_plan
 from pipeline.results import schema
 from pipeline.spec import SpecError, load_spec, parse_spec
 from pipeline.task import run_task
+from tests.conftest import copy_package, run_in
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -347,10 +345,7 @@ train: {max_iters: 50%s}
 
 
 def _copy_with_new_params(tmp_path: Path) -> Path:
-    root = tmp_path / "pkg"
-    for package in ("pipeline", "analysis"):
-        shutil.copytree(REPO / package, root / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+    root = copy_package(tmp_path)
     source = root / "pipeline" / "parameters.py"
     text = source.read_text()
     anchor = "SHARED: tuple[Param, ...] = ("
@@ -362,10 +357,7 @@ def _copy_with_new_params(tmp_path: Path) -> Path:
 
 
 def _wnsweep(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(root), "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True,
-                          text=True, env=env, cwd=root, timeout=300)
+    return run_in(root, *args, timeout=300)
 
 
 @pytest.mark.slow
@@ -417,9 +409,7 @@ def test_adding_a_parameter_touches_only_the_table(tmp_path: Path):
     # and the statistics keep the cells apart
     code = ("import pandas as pd; from analysis.aggregate import cell_stats; "
             "print(len(cell_stats(pd.read_parquet(%r))))" % str(tmp_path / "extended" / "runs"))
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    cells = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                           cwd=root)
+    cells = run_in(root, "-c", code, python=True, timeout=300)
     assert cells.stdout.strip() == str(len(new)), cells.stderr
 
 
